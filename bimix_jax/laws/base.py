@@ -1,0 +1,153 @@
+"""The mixing-law interface: parameters, predict, fit; and `FittedLaw`, the serialized result.
+
+A *law* maps a training mixture `r_D` (proportions over the D training domains) and a training step `s`
+to the predicted validation loss of each of E evaluation domains. Laws know nothing of training; the
+optimizer only needs `FittedLaw.predict`, which is pure JAX and differentiable with respect to both
+the proportions and the parameters (`Law.predict(params, r_D, s)`).
+
+Parameters are a dict of arrays whose leading axis is the eval domain (`[E]` or `[E, D]`), stored in
+their natural (constrained) units so that a fit file is readable. Each law documents its parameters.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bimix_jax import atomic
+from bimix_jax.errors import InputError
+
+FIT_FILE_FORMAT = "bimix_jax.fitted_law"
+
+
+class Law(abc.ABC):
+    """A family of mixing laws over fixed training and evaluation domains."""
+
+    name: ClassVar[str]  # registry key, e.g. 'bimix'
+    version: ClassVar[int] = 1  # bump when the meaning of the parameters changes
+    # Whether predictions depend on the step (False: the law is fitted at one step, see FittedLaw.target_step).
+    uses_step: ClassVar[bool] = True
+
+    def __init__(self, train_domains: Sequence[str], eval_domains: Sequence[str]):
+        self.train_domains = tuple(train_domains)
+        self.eval_domains = tuple(eval_domains)
+
+    @abc.abstractmethod
+    def predict(self, params: Mapping[str, jax.Array], r_D: jax.Array, s: jax.Array) -> jax.Array:
+        """Predicted loss of every eval domain, shape [E], at proportions r_D [D] and step s (scalar).
+
+        Pure and traceable: jit, vmap and grad (w.r.t. `params` and `r_D`) must work.
+        """
+
+    def check_params(self, params: Mapping[str, np.ndarray]) -> None:
+        """Raises InputError if `params` do not have this law's names and shapes (override to check more)."""
+
+
+_REGISTRY: dict[str, type[Law]] = {}
+
+
+def register(cls: type[Law]) -> type[Law]:
+    """Class decorator adding a law to the registry under `cls.name`."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_law(name: str) -> type[Law]:
+    if name not in _REGISTRY:
+        raise InputError(f"unknown law {name!r}; choose one of {', '.join(sorted(_REGISTRY)) or '(none registered)'}")
+    return _REGISTRY[name]
+
+
+def registered_laws() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FittedLaw:
+    """A law with fitted parameters, its domains and a summary of the data it was fitted on."""
+
+    law: str
+    version: int
+    train_domains: tuple[str, ...]
+    eval_domains: tuple[str, ...]
+    params: Mapping[str, np.ndarray]
+    # Step the law is valid at, for laws that do not model the step (None: any step).
+    target_step: float | None = None
+    # Fit data summary, convergence report, held-out metrics: free-form JSON-able dict.
+    summary: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def model(self) -> Law:
+        return get_law(self.law)(self.train_domains, self.eval_domains)
+
+    def predict(self, r_D: jax.Array, s: jax.Array | float) -> jax.Array:
+        """Predicted loss [E] of each eval domain for proportions r_D [D] at step s."""
+        self.check_step(s)
+        params = {k: jnp.asarray(v) for k, v in self.params.items()}
+        return self.model.predict(params, jnp.asarray(r_D), jnp.asarray(s, dtype=jnp.result_type(float)))
+
+    def check_step(self, s: Any) -> None:
+        if self.target_step is None or isinstance(s, jax.core.Tracer):
+            return
+        s_arr = np.asarray(s, dtype=float)
+        if not np.allclose(s_arr, self.target_step, rtol=1e-9):
+            raise InputError(
+                f"this {self.law} law was fitted for step {self.target_step:g} only, not {float(s_arr.ravel()[0]):g}; "
+                "refit it for that step or use a law that models the step (bimix)"
+            )
+
+    def to_json(self) -> dict:
+        return {
+            "format": FIT_FILE_FORMAT,
+            "law": self.law,
+            "version": self.version,
+            "train_domains": list(self.train_domains),
+            "eval_domains": list(self.eval_domains),
+            "target_step": self.target_step,
+            "params": {k: np.asarray(v).tolist() for k, v in self.params.items()},
+            "summary": atomic.to_jsonable(dict(self.summary)),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any, *, source: str = "<json>") -> FittedLaw:
+        """Parses and validates a fit file's content (wrong format, law version or shapes: InputError)."""
+        if not isinstance(obj, dict) or obj.get("format") != FIT_FILE_FORMAT:
+            raise InputError(f"{source} is not a fitted-law file of this project; produce one with experiments.fit_law")
+        try:
+            law = str(obj["law"])
+            version = int(obj["version"])
+            train_domains = tuple(str(d) for d in obj["train_domains"])
+            eval_domains = tuple(str(d) for d in obj["eval_domains"])
+            params = {str(k): np.asarray(v, dtype=np.float64) for k, v in obj["params"].items()}
+            target_step = obj.get("target_step")
+            target_step = None if target_step is None else float(target_step)
+            summary = dict(obj.get("summary") or {})
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{source} is corrupted ({type(e).__name__}: {e}); refit with experiments.fit_law") from e
+        law_cls = get_law(law)
+        if version != law_cls.version:
+            raise InputError(
+                f"{source} holds a {law} law of version {version}, this code reads version {law_cls.version}; "
+                "refit with experiments.fit_law"
+            )
+        for k, v in params.items():
+            if not np.all(np.isfinite(v)):
+                raise InputError(f"{source}: parameter {k!r} is not finite; refit with experiments.fit_law")
+        fitted = cls(law, version, train_domains, eval_domains, params, target_step, summary)
+        fitted.model.check_params(params)
+        return fitted
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic.write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FittedLaw:
+        path = os.fspath(path)
+        return cls.from_json(atomic.read_json(path, what="fit file"), source=path)
