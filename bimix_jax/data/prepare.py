@@ -1,0 +1,181 @@
+"""`prepare_data(spec, workdir)`: from a `DataSpec` to tokenized per-domain buffers, cached in the workdir.
+
+`<workdir>/data/` holds, each written atomically:
+  tokenizer.model   the SentencePiece model (trained on the corpus, or a copy of `data.tokenizer_path`)
+  corpus.json.gz    the documents per domain and split (what the tokens were made from)
+  tokens.npz        `DomainTokens` (train/val buffers per domain)
+  stats.json        per-domain counts, vocabulary, fingerprints of tokens and tokenizer
+  spec.json         the `DataSpec`; written last, so its presence marks a complete cache
+A rerun with the same spec loads these files instead of rebuilding. A workdir whose `spec.json` differs
+is refused with an `InputError`; nothing is written when the input is bad. With `data.tokenizer_path`
+the given model is used (and copied) as it is: `data.vocab_size` and `data.tokenizer_sample_chars`
+only matter when a tokenizer is trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from bimix_jax import atomic
+from bimix_jax.data.corpus import Corpus
+from bimix_jax.data.readers import load_corpus
+from bimix_jax.data.spec import DataSpec
+from bimix_jax.data.tokenizer import Tokenizer, train_tokenizer
+from bimix_jax.data.tokens import DomainTokens
+from bimix_jax.errors import InputError
+
+__all__ = ["PreparedData", "prepare_data", "load_prepared", "load_corpus", "describe", "data_dir"]
+
+_FILES = ("tokenizer.model", "corpus.json.gz", "tokens.npz", "stats.json", "spec.json")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PreparedData:
+    """Everything downstream needs from the data layer."""
+
+    spec: DataSpec
+    tokens: DomainTokens
+    corpus: Corpus
+    tokenizer_path: str
+    # domain -> source_name, train_docs, val_docs, train_chars, val_chars, train_tokens, val_tokens
+    # (token counts are buffer lengths: documents plus one eos each).
+    stats: Mapping[str, Mapping[str, Any]]
+    from_cache: bool = False
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.load(self.tokenizer_path)
+
+
+def data_dir(workdir: str) -> str:
+    return os.path.join(os.fspath(workdir), "data")
+
+
+def _domain_stats(corpus: Corpus, tokens: DomainTokens) -> dict[str, dict[str, Any]]:
+    out = {}
+    docs = {s: corpus.num_docs(s) for s in ("train", "val")}
+    chars = {s: corpus.num_chars(s) for s in ("train", "val")}
+    toks = {s: tokens.token_counts(s) for s in ("train", "val")}
+    for d in corpus.domains:
+        out[d] = {"source_name": corpus.raw_names[d]}
+        for s in ("train", "val"):
+            out[d].update({f"{s}_docs": docs[s][d], f"{s}_chars": chars[s][d], f"{s}_tokens": toks[s][d]})
+    return out
+
+
+def _spec_difference(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new))
+    diffs = [f"{k}={old.get(k, '(absent)')!r} there, {new.get(k, '(absent)')!r} now" for k in keys
+             if old.get(k) != new.get(k)]
+    return "; ".join(diffs[:3]) + ("; ..." if len(diffs) > 3 else "")
+
+
+def _read_cache(spec: DataSpec, ddir: str) -> PreparedData | None:
+    """The cached data when `ddir` holds a complete cache for `spec`; None when there is none."""
+    spec_path = os.path.join(ddir, "spec.json")
+    if not os.path.exists(spec_path):
+        return None
+    cached = atomic.read_json(spec_path, what="cached data spec")
+    if cached != spec.to_dict():
+        raise InputError(
+            f"{ddir} holds data prepared from another data spec ({_spec_difference(cached, spec.to_dict())}); "
+            f"rerun with the same data config, use a fresh workdir, or delete {ddir} to rebuild"
+        )
+    if not all(os.path.exists(os.path.join(ddir, f)) for f in _FILES):
+        return None  # Files were removed by hand: rebuild them for the same spec.
+    return _load_files(spec, ddir)
+
+
+def _load_files(spec: DataSpec, ddir: str) -> PreparedData:
+    tokens = DomainTokens.load(os.path.join(ddir, "tokens.npz"))
+    tok_path = os.path.join(ddir, "tokenizer.model")
+    tokenizer = Tokenizer.load(tok_path)
+    tokenizer.check_tokens(tokens)
+    stats = atomic.read_json(os.path.join(ddir, "stats.json"), what="data stats")
+    if stats.get("tokens_fingerprint") != tokens.fingerprint():
+        raise InputError(f"{ddir}/tokens.npz does not match {ddir}/stats.json; delete {ddir} to rebuild")
+    try:
+        with gzip.open(os.path.join(ddir, "corpus.json.gz"), "rt", encoding="utf-8") as f:
+            corpus = Corpus.from_dict(json.load(f))
+    except (OSError, EOFError, ValueError, KeyError) as e:
+        raise InputError(f"{ddir}/corpus.json.gz is corrupted ({e}); delete {ddir} to rebuild") from e
+    if corpus.domains != tokens.domains:
+        raise InputError(f"{ddir}/corpus.json.gz does not match {ddir}/tokens.npz; delete {ddir} to rebuild")
+    return PreparedData(spec=spec, tokens=tokens, corpus=corpus, tokenizer_path=tok_path,
+                        stats=stats["domains"], from_cache=True)
+
+
+def prepare_data(spec: DataSpec, workdir: str, *, num_threads: int = -1) -> PreparedData:
+    """Reads, splits and tokenizes the corpus `spec` describes, or loads it from `<workdir>/data/`."""
+    ddir = data_dir(workdir)
+    hit = _read_cache(spec, ddir)
+    if hit is not None:
+        return hit
+    corpus = load_corpus(spec)
+    if spec.tokenizer_path:
+        tokenizer = Tokenizer.load(spec.tokenizer_path)
+    else:
+        tokenizer = train_tokenizer(corpus.train, vocab_size=spec.vocab_size,
+                                    sample_chars=spec.tokenizer_sample_chars, seed=spec.seed)
+    eos = tokenizer.eos_id
+    train = {d: tokenizer.encode_documents(corpus.train[d], num_threads) for d in corpus.domains}
+    val = {d: tokenizer.encode_documents(corpus.val[d], num_threads) for d in corpus.domains}
+    tokens = DomainTokens(domains=corpus.domains, train=train, val=val, vocab_size=tokenizer.vocab_size,
+                          eos_id=eos)
+    stats = _domain_stats(corpus, tokens)
+
+    # Input is good: write. spec.json goes first out and last in, so an interrupted write is rebuilt.
+    spec_path = os.path.join(ddir, "spec.json")
+    try:
+        os.remove(spec_path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise InputError(f"cannot write to {ddir} ({e.strerror}); check that it is writable") from e
+    tok_path = os.path.join(ddir, "tokenizer.model")
+    tokenizer.save(tok_path)
+    corpus_json = json.dumps(corpus.to_dict(), ensure_ascii=False).encode("utf-8", "surrogatepass")
+    atomic.write_bytes(os.path.join(ddir, "corpus.json.gz"), gzip.compress(corpus_json, compresslevel=1, mtime=0))
+    tokens.save(os.path.join(ddir, "tokens.npz"))
+    atomic.write_json(os.path.join(ddir, "stats.json"), {
+        "source": corpus.source, "vocab_size": tokens.vocab_size, "eos_id": tokens.eos_id,
+        "tokens_fingerprint": tokens.fingerprint(), "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "tokenizer_from": spec.tokenizer_path or "trained", "domains": stats,
+    })
+    atomic.write_json(spec_path, spec.to_dict())
+    return PreparedData(spec=spec, tokens=tokens, corpus=corpus, tokenizer_path=tok_path, stats=stats)
+
+
+def load_prepared(workdir: str) -> PreparedData:
+    """The data a workdir was prepared with (its own `spec.json`); an `InputError` when there is none."""
+    ddir = data_dir(workdir)
+    spec_path = os.path.join(ddir, "spec.json")
+    if not os.path.exists(spec_path):
+        raise InputError(f"{workdir} holds no prepared data ({spec_path} is absent); run prepare_data first")
+    spec = DataSpec.from_config(atomic.read_json(spec_path, what="cached data spec"))
+    return _load_files(spec, ddir)
+
+
+def describe(stats: Mapping[str, Mapping[str, Any]]) -> str:
+    """A Markdown table: domain, source name, documents, characters and tokens (train + val), chars/token."""
+    rows = ["| domain | source name | documents (train + val) | characters (train + val) | tokens (train + val) "
+            "| chars/token |", "|---|---|---:|---:|---:|---:|"]
+    total = {"docs": [0, 0], "chars": [0, 0], "tokens": [0, 0]}
+    for d, s in stats.items():
+        cells = []
+        for k in ("docs", "chars", "tokens"):
+            tr, va = int(s[f"train_{k}"]), int(s[f"val_{k}"])
+            total[k][0] += tr
+            total[k][1] += va
+            cells.append(f"{tr:,} + {va:,}")
+        ratio = (s["train_chars"] + s["val_chars"]) / max(1, s["train_tokens"] + s["val_tokens"])
+        rows.append(f"| {d} | {s.get('source_name', d)} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+    ratio = sum(total["chars"]) / max(1, sum(total["tokens"]))
+    rows.append("| **total** | | " + " | ".join(f"{a:,} + {b:,}" for a, b in total.values()) + f" | {ratio:.2f} |")
+    return "\n".join(rows)
