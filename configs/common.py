@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from bimix_jax.data.spec import DataSpec
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     """Parses a config argument like `'runlocal,steps=200'` into typed values.
@@ -29,3 +31,15 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         else:
             out[key] = type(default)(value)
     return out
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+    """`config.data`: exactly the `DataSpec` fields (meaning and unit of each: `bimix_jax/data/spec.py`).
+
+    Starts from the `DataSpec` defaults; `overrides` must name existing fields.
+    """
+    fields = DataSpec().to_dict()
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"data field {unknown[0]!r} is unknown; known: {', '.join(fields)}")
+    return ml_collections.ConfigDict({**fields, **overrides})

@@ -1,0 +1,158 @@
+"""A decoder-only transformer in `flax.linen` (pure `init`/`apply` parameter pytrees).
+
+Pre-norm blocks (RMSNorm -> causal self-attention -> residual, RMSNorm -> GELU MLP -> residual),
+rotary position embeddings (RoPE) on queries and keys (no position parameters), a final RMSNorm and
+logits tied to the input embedding. Parameters are float32; `dtype` sets the compute dtype
+(`bfloat16` for GPU/TPU configs, `float32` on CPU). Logits are returned in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bimix_jax.errors import InputError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """Model size: width D, heads H, layers L, MLP width F, vocabulary V, longest sequence max_len."""
+
+    D: int
+    H: int
+    L: int
+    F: int
+    V: int
+    max_len: int
+    dtype: str = "float32"  # compute dtype: float32 or bfloat16
+    rope_base: float = 10_000.0
+
+    def __post_init__(self):
+        for name in ("D", "H", "L", "F", "V", "max_len"):
+            if getattr(self, name) < 1:
+                raise InputError(f"model.{name}={getattr(self, name)} must be >= 1")
+        if self.D % self.H or (self.D // self.H) % 2:
+            raise InputError(
+                f"model.D={self.D} must be a multiple of model.H={self.H} with an even head width "
+                "(rotary embeddings); change D or H"
+            )
+        if self.dtype not in DTYPES:
+            raise InputError(f"model.dtype={self.dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
+
+    @property
+    def K(self) -> int:  # noqa: N802 - head width, single letter like the other dimensions.
+        return self.D // self.H
+
+    def num_params(self) -> tuple[int, int]:
+        """(total, non-embedding) parameter counts; the embedding (V x D) is shared with the output."""
+        D, F, L, V = self.D, self.F, self.L, self.V
+        per_block = 4 * D * D + 2 * D * F + F + D + 2 * D  # attn (qkv + out), MLP (+biases), 2 norms
+        non_embedding = L * per_block + D  # + final norm
+        return non_embedding + V * D, non_embedding
+
+
+def format_size(n: int) -> str:
+    """A parameter count as a short size string: 1234567 -> '1.23M' (readable by `parse_model_size`)."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return str(int(n))
+
+
+def param_count(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+def _rope(x_BxLxHxK: jax.Array, base: float) -> jax.Array:
+    """Rotates channel pairs (i, i + K/2) by position-dependent angles."""
+    L, K = x_BxLxHxK.shape[1], x_BxLxHxK.shape[3]
+    freq_K2 = base ** (-jnp.arange(0, K // 2, dtype=jnp.float32) * 2.0 / K)
+    angle_LxK2 = jnp.arange(L, dtype=jnp.float32)[:, None] * freq_K2[None, :]
+    sin, cos = jnp.sin(angle_LxK2)[None, :, None, :], jnp.cos(angle_LxK2)[None, :, None, :]
+    x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return out.astype(x_BxLxHxK.dtype)
+
+
+class Attention(nn.Module):
+    cfg: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        c = self.cfg
+        dtype = DTYPES[c.dtype]
+        init = nn.initializers.normal(0.02)
+        qkv_BxLx3xHxK = nn.DenseGeneral((3, c.H, c.K), use_bias=False, dtype=dtype, kernel_init=init,
+                                        name="qkv")(x_BxLxD)
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
+        q_BxLxHxK, k_BxLxHxK = _rope(q_BxLxHxK, c.rope_base), _rope(k_BxLxHxK, c.rope_base)
+        o_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True)
+        out_init = nn.initializers.normal(0.02 / math.sqrt(2 * c.L))
+        return nn.DenseGeneral(c.D, axis=(-2, -1), use_bias=False, dtype=dtype, kernel_init=out_init,
+                               name="out")(o_BxLxHxK)
+
+
+class Mlp(nn.Module):
+    cfg: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        c = self.cfg
+        dtype = DTYPES[c.dtype]
+        h_BxLxF = nn.Dense(c.F, dtype=dtype, kernel_init=nn.initializers.normal(0.02), name="up")(x_BxLxD)
+        h_BxLxF = jax.nn.gelu(h_BxLxF)
+        out_init = nn.initializers.normal(0.02 / math.sqrt(2 * c.L))
+        return nn.Dense(c.D, dtype=dtype, kernel_init=out_init, name="down")(h_BxLxF)
+
+
+class Block(nn.Module):
+    cfg: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        dtype = DTYPES[self.cfg.dtype]
+        x_BxLxD = x_BxLxD + Attention(self.cfg, name="attn")(nn.RMSNorm(dtype=dtype, name="norm1")(x_BxLxD))
+        return x_BxLxD + Mlp(self.cfg, name="mlp")(nn.RMSNorm(dtype=dtype, name="norm2")(x_BxLxD))
+
+
+class Decoder(nn.Module):
+    """`apply(params, tokens_BxL) -> logits_BxLxV` (float32)."""
+
+    cfg: DecoderConfig
+
+    def setup(self):
+        c = self.cfg
+        dtype = DTYPES[c.dtype]
+        self.embed = nn.Embed(c.V, c.D, dtype=dtype, embedding_init=nn.initializers.normal(0.02), name="embed")
+        self.blocks = [Block(c, name=f"block{i}") for i in range(c.L)]
+        self.norm = nn.RMSNorm(dtype=dtype, name="norm")
+
+    def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+        return self.decode(self.embed(tokens_BxL))
+
+    def decode(self, x_BxLxD: jax.Array) -> jax.Array:
+        """Logits from input embeddings (used directly by the causality test)."""
+        if x_BxLxD.shape[1] > self.cfg.max_len:
+            raise ValueError(f"sequence length {x_BxLxD.shape[1]} exceeds max_len {self.cfg.max_len}")
+        for block in self.blocks:
+            x_BxLxD = block(x_BxLxD)
+        return self.embed.attend(self.norm(x_BxLxD)).astype(jnp.float32)
+
+
+def init_params(cfg: DecoderConfig, key: jax.Array) -> dict:
+    """Parameters of a fresh model (float32)."""
+    return Decoder(cfg).init(key, jnp.zeros((1, min(cfg.max_len, 8)), jnp.int32))["params"]
+
+
+def token_losses(cfg: DecoderConfig, params: dict, x_BxS: jax.Array) -> jax.Array:
+    """Per-token next-token cross-entropy [B, S-1] (nats) of windows `x_BxS` (inputs x[:, :-1])."""
+    logits_BxLxV = Decoder(cfg).apply({"params": params}, x_BxS[:, :-1])
+    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
+    return -jnp.take_along_axis(logp_BxLxV, x_BxS[:, 1:, None], axis=-1)[..., 0]

@@ -1,0 +1,336 @@
+"""Train one run on one mixture, resumably: `train_run(spec, tokens, proportions_D, workdir, run_name=...)`.
+
+A run's workdir holds:
+* `config.json`: the run spec, run name, proportions and data fingerprint (a workdir holding a
+  different run is refused);
+* `losses.csv`: the loss table (`bimix_jax.loss_table`), one row per (step, eval domain), written
+  every `eval_every` steps and at the last step;
+* `metrics.jsonl`: one record every `log_every` steps (train loss, lr, tokens/s, realized shares);
+* `checkpoints/<step>/`: orbax checkpoints (`bimix_jax.checkpoint`).
+
+Rerunning the same call resumes from the latest checkpoint; rows and records written after it are
+dropped first, so nothing is duplicated, and the result is bit-identical to an uninterrupted run.
+Data parallel over the given devices (a 1-axis mesh): parameters replicated, batch rows sharded.
+In a multi-host job every process calls `train_run`; only process 0 writes files (orbax coordinates
+checkpoints itself).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from bimix_jax import atomic, loss_table
+from bimix_jax.checkpoint import Checkpointer
+from bimix_jax.data import sampler
+from bimix_jax.data.prepare import prepare_data
+from bimix_jax.data.spec import DataSpec
+from bimix_jax.data.tokens import DomainTokens
+from bimix_jax.errors import InputError
+from bimix_jax.evaluate_domains import EvalSet, build_eval_set, make_eval_fn
+from bimix_jax.model import DecoderConfig, format_size
+from bimix_jax.train_state import RunSpec, init_state, make_optimizer, make_train_step
+
+CONFIG_FILE = "config.json"
+LOSSES_FILE = "losses.csv"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+_COMPARED = ("run_name", "spec", "domains", "proportions", "data_fingerprint", "vocab_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    workdir: str
+    run_name: str
+    model_size: str  # non-embedding parameter count, e.g. '1.2M'
+    steps: int  # optimizer steps done
+    tokens: int  # training tokens seen
+    resumed_from: int | None  # checkpoint step the run resumed from (None: fresh start)
+    already_complete: bool  # the workdir held a finished run; nothing was trained
+    final_losses: dict[str, float]  # eval domain -> validation loss at the last step (nats)
+    realized_shares: dict[str, float]  # domain -> share of training rows drawn
+    state: Any  # final TrainState (device arrays)
+
+
+def run_record(spec: RunSpec, tokens: DomainTokens, proportions_D: np.ndarray, run_name: str) -> dict:
+    """What `config.json` holds; two calls train the same run iff their records agree."""
+    return {
+        "run_name": run_name,
+        "spec": spec.to_dict(),
+        "domains": list(tokens.domains),
+        "proportions": {d: float(p) for d, p in zip(tokens.domains, proportions_D)},
+        "data_fingerprint": tokens.fingerprint(),
+        "vocab_size": tokens.vocab_size,
+    }
+
+
+def _flatten(d: Any, prefix: str = "") -> dict:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def check_workdir(workdir: str, record: dict) -> bool:
+    """True when `workdir` already holds this run; `InputError` when it holds a different one."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return False
+    old = atomic.read_json(path, what="run config")
+    old_flat = _flatten({k: old.get(k) for k in _COMPARED})
+    new_flat = _flatten(atomic.to_jsonable({k: record[k] for k in _COMPARED}))
+    for key in sorted(set(old_flat) | set(new_flat)):
+        if old_flat.get(key) != new_flat.get(key):
+            raise InputError(
+                f"workdir {workdir} holds a different run ({key}: {old_flat.get(key)!r} there, "
+                f"{new_flat.get(key)!r} now); rerun with the same config to continue it, or use another "
+                "--workdir (or delete this one) to start fresh"
+            )
+    return True
+
+
+def _mesh(devices: Sequence[jax.Device] | None, spec: RunSpec) -> Mesh:
+    devices = list(devices) if devices is not None else jax.devices()
+    n = len(devices)
+    for name, value, per in (("batch_size", spec.train.batch_size, spec.train.microbatches * n),
+                             ("eval_batch_size", spec.train.eval_batch_size, n)):
+        if value % per:
+            what = f"{spec.train.microbatches} microbatches x {n} devices" if per != n else f"the {n} devices"
+            raise InputError(f"train.{name}={value} is not divisible by {what}; use a multiple of {per}")
+    return Mesh(np.array(devices), ("data",))
+
+
+class Programs(NamedTuple):
+    init: Callable  # key -> TrainState
+    train_step: Callable  # see `train_state.make_train_step`
+    eval: Callable  # (params, EvalSet) -> [D] losses
+    abstract_state: Any  # TrainState of ShapeDtypeStructs with shardings (for restoring checkpoints)
+    eval_sharding: EvalSet
+
+
+def compiled_programs(cfg: DecoderConfig, spec: RunSpec, mesh: Mesh, num_domains: int) -> Programs:
+    """The jitted functions of a run, cached: runs that differ only in mixture, seed, evaluation, checkpoint
+    or logging settings share them, so a sweep over mixtures compiles once."""
+    neutral = dict(seed=0, eval_every=1, eval_tokens=1, checkpoint_every=1, keep_checkpoints=1, log_every=1)
+    return _programs(cfg, dataclasses.replace(spec, train=dataclasses.replace(spec.train, **neutral)), mesh,
+                     num_domains)
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(cfg: DecoderConfig, spec: RunSpec, mesh: Mesh, num_domains: int) -> Programs:
+    repl, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    optimizer = make_optimizer(spec.optim, spec.train.steps)
+    init = jax.jit(lambda k: init_state(cfg, optimizer, k, num_domains), out_shardings=repl)
+    abstract_state = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
+                                            jax.eval_shape(init, jax.random.key(0)))
+    state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, abstract_state)
+    eval_sharding = EvalSet(*(NamedSharding(mesh, P(None, "data")),) * 3, repl)
+    return Programs(
+        init=init,
+        train_step=make_train_step(cfg, spec, state_sharding=state_sharding, data_sharding=repl, batch_sharding=rows),
+        eval=make_eval_fn(cfg, num_domains, params_sharding=state_sharding.params, eval_sharding=eval_sharding),
+        abstract_state=abstract_state,
+        eval_sharding=eval_sharding,
+    )
+
+
+def train_run(
+    spec: RunSpec,
+    tokens: DomainTokens,
+    proportions_D: np.ndarray,
+    workdir: str,
+    *,
+    run_name: str,
+    devices: Sequence[jax.Device] | None = None,
+    extra_config: dict | None = None,
+) -> RunResult:
+    """Trains (or resumes, or recognises as finished) one run; see the module docstring.
+
+    Args:
+      spec: the run spec (model, optimizer, training loop).
+      tokens: the corpus; every domain is a training and an evaluation domain.
+      proportions_D: training mixture in `tokens.domains` order (validated, sums to 1).
+      workdir: the run's folder (created after every input has been validated).
+      run_name: the `run` column of the loss table.
+      devices: data-parallel devices (default: all).
+      extra_config: stored in `config.json` for reference (e.g. the full config); not compared.
+    """
+    t, D = spec.train, len(tokens.domains)
+    if not run_name.strip() or "\n" in run_name:
+        raise InputError(f"run name {run_name!r} must be a non-empty single line; choose another")
+    proportions_D = np.asarray(proportions_D, np.float64)
+    if proportions_D.shape != (D,) or abs(proportions_D.sum() - 1) > sampler.SUM_TOLERANCE or proportions_D.min() < 0:
+        raise InputError(f"mixture: proportions {proportions_D.tolist()} must be {D} weights >= 0 summing to 1")
+    mesh = _mesh(devices, spec)
+    buffers = sampler.train_buffers(tokens, t.seq_len)
+    eval_np = build_eval_set(tokens, seq_len=t.seq_len, eval_tokens=t.eval_tokens, batch_size=t.eval_batch_size)
+    record = run_record(spec, tokens, proportions_D, run_name)
+    exists = check_workdir(workdir, record)
+    # Every input is valid: from here on files are written.
+    writer = jax.process_index() == 0
+    if writer and not exists:
+        atomic.write_json(os.path.join(workdir, CONFIG_FILE), {**record, "config": extra_config or {}})
+    losses_path, metrics_path = os.path.join(workdir, LOSSES_FILE), os.path.join(workdir, METRICS_FILE)
+
+    cfg = spec.model.decoder(tokens.vocab_size, t.seq_len)
+    model_size = format_size(cfg.num_params()[1])
+    programs = compiled_programs(cfg, spec, mesh, D)
+    repl = NamedSharding(mesh, P())
+    data = jax.device_put(buffers, repl)
+    eval_set = jax.device_put(eval_np, programs.eval_sharding)
+    key_init, key_data = jax.random.split(jax.random.key(t.seed))
+    r_D = jax.device_put(np.asarray(proportions_D, np.float32), repl)
+
+    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=t.keep_checkpoints)
+    try:
+        start = ckpt.latest_step()
+        if start is None:
+            state = programs.init(key_init)
+            start_step = 0
+        else:
+            state, _ = ckpt.restore(start, programs.abstract_state)
+            start_step = start
+        if writer:  # Forget what a killed process wrote after its last checkpoint.
+            loss_table.drop_rows_after(losses_path, run_name, start_step)
+            atomic.truncate_jsonl(metrics_path, lambda r: r.get("step", 0) <= start_step)
+        done = start_step >= t.steps
+        if done:
+            logging.info("run %s in %s is complete (%d steps); nothing to do", run_name, workdir, start_step)
+        else:
+            logging.info("run %s: %s from step %d to %d (model %s non-embedding params, %d devices)", run_name,
+                         "resuming" if start is not None else "starting", start_step, t.steps, model_size,
+                         mesh.size)
+            state = _loop(spec, tokens.domains, state, start_step, programs.train_step, programs.eval, data,
+                          eval_set, key_data, r_D, ckpt, writer=writer, run_name=run_name, model_size=model_size,
+                          proportions_D=proportions_D, fingerprint=record["data_fingerprint"],
+                          losses_path=losses_path, metrics_path=metrics_path)
+        ckpt.wait()
+    finally:
+        ckpt.close()
+    rows_D = np.asarray(jax.device_get(state.rows_D), np.int64)
+    final = _final_losses(losses_path, run_name, t.steps) if os.path.exists(losses_path) else {}
+    return RunResult(
+        workdir=workdir, run_name=run_name, model_size=model_size, steps=t.steps,
+        tokens=t.steps * t.batch_size * t.seq_len, resumed_from=start, already_complete=done,
+        final_losses=final, realized_shares=_shares(rows_D, tokens.domains), state=state,
+    )
+
+
+def _shares(rows_D: np.ndarray, domains: Sequence[str]) -> dict[str, float]:
+    total = max(int(rows_D.sum()), 1)
+    return {d: int(n) / total for d, n in zip(domains, rows_D)}
+
+
+def _final_losses(path: str, run_name: str, step: int) -> dict[str, float]:
+    table = loss_table.read_csv(path)
+    mask = (table.run == run_name) & (table.step == step)
+    return {str(e): float(x) for e, x in zip(table.eval_domain[mask], table.loss[mask])}
+
+
+def _loop(spec, domains, state, start_step, train_step, eval_fn, data, eval_set, key_data, r_D, ckpt, *,
+          writer, run_name, model_size, proportions_D, fingerprint, losses_path, metrics_path):
+    """Steps `start_step + 1 .. steps`; returns the final state."""
+    t = spec.train
+    tokens_per_step = t.batch_size * t.seq_len
+    window_losses: list[float] = []
+    clock = {"time": None, "step": start_step}
+    pending = None
+
+    def settle(count: int, metrics: dict) -> None:
+        """Host side of step `count` (runs after step count + 1 was dispatched)."""
+        m = jax.device_get(metrics)
+        loss = float(m["loss"])
+        if not math.isfinite(loss):
+            raise InputError(
+                f"train loss is {loss} at step {count}; lower optim.lr or set optim.grad_clip and start again "
+                "in a fresh workdir"
+            )
+        window_losses.append(loss)
+        now = time.perf_counter()
+        if clock["time"] is None:  # The first step includes compilation: time from its end.
+            clock["time"], clock["step"] = now, count
+        if count % t.log_every and count != t.steps:
+            return
+        steps_done = count - clock["step"]
+        rate = steps_done * tokens_per_step / (now - clock["time"]) if steps_done else float("nan")
+        eta = (t.steps - count) * tokens_per_step / rate if steps_done else float("nan")
+        shares = _shares(np.asarray(m["rows_D"]), domains)
+        record = {"step": count, "tokens": count * tokens_per_step, "train_loss": float(np.mean(window_losses)),
+                  "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]), "tokens_per_s": rate,
+                  **{f"share_{d}": s for d, s in shares.items()}}
+        if writer:
+            atomic.append_jsonl(metrics_path, [record])
+        logging.info("step %d/%d loss %.4f lr %.3g %.0f tokens/s ETA %.0fs", count, t.steps, record["train_loss"],
+                     record["lr"], rate, eta)
+        window_losses.clear()
+        clock["time"], clock["step"] = now, count
+
+    for s in range(start_step, t.steps):
+        state, metrics = train_step(state, data, key_data, s, r_D)
+        count = s + 1
+        if pending is not None:
+            settle(*pending)
+        pending = (count, metrics)
+        is_last = count == t.steps
+        if count % t.eval_every == 0 or is_last:
+            settle(*pending)
+            pending = None
+            eval_start = time.perf_counter()
+            losses_D = np.asarray(jax.device_get(eval_fn(state.params, eval_set)), np.float64)
+            if writer:
+                loss_table.append_rows(losses_path, [
+                    {"run": run_name, "model_size": model_size, "step": count, "tokens": count * tokens_per_step,
+                     **{f"p_{d}": float(p) for d, p in zip(domains, proportions_D)},
+                     "eval_domain": d, "loss": float(x)}
+                    for d, x in zip(domains, losses_D)
+                ])
+            logging.info("step %d eval: %s", count, ", ".join(f"{d} {x:.4f}" for d, x in zip(domains, losses_D)))
+            if clock["time"] is not None:  # tokens/s measures training, not evaluation
+                clock["time"] += time.perf_counter() - eval_start
+        if count % t.checkpoint_every == 0 or is_last:
+            ckpt.save(count, state, {"step": count, "tokens": count * tokens_per_step,
+                                     "data_fingerprint": fingerprint})
+    if pending is not None:
+        settle(*pending)
+    return state
+
+
+def train_from_config(config: Mapping, workdir: str) -> RunResult:
+    """The train binary's one call: config -> typed specs -> data -> `train_run`.
+
+    Every input is checked before anything is written; when the corpus has to be prepared first (so the
+    mixture's domains can be checked) and the mixture then turns out bad, a workdir this call created
+    is removed again.
+    """
+    spec = RunSpec.from_config(config)
+    data_spec = DataSpec.from_config(config["data"])
+    mixture, normalize = str(config["mixture"]), bool(config["normalize_mixture"])
+    parsed = sampler.parse_mixture(mixture)
+    if isinstance(parsed, dict):  # Weights now; domain names too when the config lists the domains.
+        sampler.validate_proportions(parsed, data_spec.domain_list or tuple(parsed), normalize=normalize)
+    run_name = str(config["run_name"]) or os.path.basename(os.path.normpath(os.path.abspath(workdir)))
+    created = not os.path.exists(workdir)
+    try:
+        tokens = prepare_data(data_spec, workdir).tokens
+        proportions_D = sampler.resolve_mixture(mixture, tokens, normalize=normalize)
+        logging.info("mixture %s: %s", mixture, ", ".join(f"{d}={p:.4g}" for d, p in zip(tokens.domains,
+                                                                                          proportions_D)))
+        return train_run(spec, tokens, proportions_D, workdir, run_name=run_name,
+                         extra_config=config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    except InputError:
+        if created and os.path.isdir(workdir) and not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise

@@ -1,0 +1,48 @@
+"""Trains one run on one mixture and writes its loss table; rerunning the command resumes it.
+
+    python -m experiments.train --config=configs/tiny.py --workdir=workdirs/tiny
+    python -m experiments.train --config=configs/tiny.py --config.mixture=code=0.5,prose=0.5 --workdir=...
+
+Writes `<workdir>/losses.csv` (the loss table), `metrics.jsonl`, `config.json`, `checkpoints/` and the
+prepared data under `data/`. Bad input is one line on stderr and exit code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+from collections.abc import Sequence
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+from experiments import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/tiny.py[:runlocal].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run (created; rerun to resume).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietOrbax:
+    """Drops orbax's per-save INFO lines from the progress log (warnings and errors stay)."""
+
+    def filter(self, record) -> bool:
+        return record.levelno > std_logging.INFO or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    from bimix_jax import train  # After cli.run has set up JAX.
+
+    logging.get_absl_logger().addFilter(_QuietOrbax())
+    result = train.train_from_config(_CONFIG.value, _WORKDIR.value)
+    state = "was already complete" if result.already_complete else "finished"
+    print(f"run {result.run_name} ({result.model_size} non-embedding parameters) {state} at step {result.steps}; "
+          f"loss table {os.path.join(result.workdir, train.LOSSES_FILE)}")
+    for domain, loss in result.final_losses.items():
+        print(f"  {domain:>16s}  {loss:.4f}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,73 @@
+"""The decoder: shapes, exact causality, parameter counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bimix_jax import loss_table
+from bimix_jax.errors import InputError
+from bimix_jax.model import Decoder, DecoderConfig, format_size, init_params, param_count, token_losses
+
+CFG = DecoderConfig(D=32, H=4, L=2, F=64, V=97, max_len=32)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return jax.jit(init_params, static_argnums=0)(CFG, jax.random.key(0))
+
+
+def test_shapes_and_finite(params):
+    tokens_BxL = jax.random.randint(jax.random.key(1), (3, 32), 0, CFG.V)
+    logits_BxLxV = jax.jit(Decoder(CFG).apply)({"params": params}, tokens_BxL)
+    assert logits_BxLxV.shape == (3, 32, CFG.V) and logits_BxLxV.dtype == jnp.float32
+    assert np.all(np.isfinite(logits_BxLxV))
+    losses_BxL = jax.jit(token_losses, static_argnums=0)(CFG, params, tokens_BxL)
+    assert losses_BxL.shape == (3, 31)
+    # A fresh model predicts near-uniformly: loss close to log V.
+    assert abs(float(losses_BxL.mean()) - np.log(CFG.V)) < 0.5
+
+
+def test_causal_exactly(params):
+    """d loss_t / d x_s is exactly zero for every s > t, and nonzero for s <= t."""
+    L = 12
+    x_1xLxD = jax.random.normal(jax.random.key(2), (1, L, CFG.D))
+    targets = jax.random.randint(jax.random.key(3), (L,), 0, CFG.V)
+
+    def losses_L(x_LxD):
+        logits_LxV = Decoder(CFG).apply({"params": params}, x_LxD[None], method=Decoder.decode)[0]
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits_LxV), targets[:, None], axis=1)[:, 0]
+
+    g_LxLxD = np.asarray(jax.jit(jax.jacrev(losses_L))(x_1xLxD[0]))  # [t, s, :] = d loss_t / d x_s
+    seen_LxL = np.abs(g_LxLxD).sum(axis=2) > 0
+    np.testing.assert_array_equal(seen_LxL, np.tril(np.ones((L, L), bool)))
+    assert np.all(g_LxLxD[np.triu_indices(L, k=1)] == 0.0)  # exactly zero, not merely small
+
+
+def test_param_counts(params):
+    total, non_embedding = CFG.num_params()
+    assert param_count(params) == total
+    assert total - non_embedding == CFG.V * CFG.D  # tied input/output embedding counted once
+
+
+def test_format_size_parses_back():
+    for n in (950, 16_736, 1_234_567, 85_000_000, 1_300_000_000):
+        s = format_size(n)
+        assert abs(loss_table.parse_model_size(s) - n) / n < 5e-3
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits(params):
+    cfg = DecoderConfig(D=32, H=4, L=2, F=64, V=97, max_len=32, dtype="bfloat16")
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params))
+    tokens_1x8 = jnp.arange(8, dtype=jnp.int32)[None]
+    logits = jax.jit(Decoder(cfg).apply)({"params": params}, tokens_1x8)
+    assert logits.dtype == jnp.float32
+    ref = jax.jit(Decoder(CFG).apply)({"params": params}, tokens_1x8)
+    np.testing.assert_allclose(logits, ref, atol=0.05)
+
+
+def test_bad_dimensions():
+    with pytest.raises(InputError, match="model.D=30"):
+        DecoderConfig(D=30, H=4, L=1, F=8, V=10, max_len=8)
+    with pytest.raises(InputError, match="dtype"):
+        DecoderConfig(D=32, H=4, L=1, F=8, V=10, max_len=8, dtype="float16")
