@@ -1,0 +1,10 @@
+"""Mixing laws: BiMix and Data Mixing Laws (Ye et al.), their generic jaxopt fitter and held-out protocols.
+
+Importing this package registers every law (`get_law('bimix')`, `get_law('ye')`).
+"""
+
+from bimix_jax.laws import bimix, ye  # noqa: F401  (registration)
+from bimix_jax.laws.base import FitProblem, FittedLaw, Law, get_law, register, registered_laws
+from bimix_jax.laws.fit import fit_bootstrap, fit_law
+
+__all__ = ["FitProblem", "FittedLaw", "Law", "fit_bootstrap", "fit_law", "get_law", "register", "registered_laws"]

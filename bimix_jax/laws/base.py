@@ -14,8 +14,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,10 @@ import numpy as np
 
 from bimix_jax import atomic
 from bimix_jax.errors import InputError
+
+if TYPE_CHECKING:
+    from bimix_jax.laws.solver import SolverOptions
+    from bimix_jax.loss_table import LossTable
 
 FIT_FILE_FORMAT = "bimix_jax.fitted_law"
 
@@ -48,6 +52,40 @@ class Law(abc.ABC):
 
     def check_params(self, params: Mapping[str, np.ndarray]) -> None:
         """Raises InputError if `params` do not have this law's names and shapes (override to check more)."""
+
+    def check_inputs(self, r_D: np.ndarray, s: np.ndarray) -> None:
+        """Raises InputError for concrete inputs the law cannot predict at (override; traced inputs skip it)."""
+
+    def predictable(self, r_ND: np.ndarray, eval_domain: str) -> np.ndarray:
+        """Which mixtures [N, D] the law can predict `eval_domain` at, [N] bool (default: all)."""
+        return np.ones(np.shape(r_ND)[0], dtype=bool)
+
+    # Fitting hook, used by the generic fitter `bimix_jax.laws.fit` (which knows no particular law).
+    def fit_problem(self, table: LossTable, options: SolverOptions, **law_options: Any) -> FitProblem:
+        """Turns a loss table into one curve fit per eval domain (see `FitProblem`)."""
+        raise InputError(f"law {self.name!r} cannot be fitted from a loss table; choose a fittable law")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FitProblem:
+    """What a law hands the generic fitter: one independent curve fit per eval domain.
+
+    `model` is a `bimix_jax.laws.solver.CurveModel` (hashable; log-loss residuals from an unconstrained
+    parameter vector, and a start generator), `x[e]`/`logy[e]`/`runs[e]` are the rows of eval domain e (features
+    [N_e, F], log loss [N_e], run id [N_e]); `to_params` maps unconstrained parameters [..., E, P] to
+    the law's natural parameters (leading axes kept); `check_rows(e, keep_N)` says why the rows kept by
+    a boolean mask do not identify the parameters of eval domain e (None: they do), used to reject bad
+    tables and to redraw degenerate bootstrap resamples.
+    """
+
+    model: Any
+    x: tuple[np.ndarray, ...]
+    logy: tuple[np.ndarray, ...]
+    runs: tuple[np.ndarray, ...]
+    to_params: Callable[[np.ndarray], dict[str, np.ndarray]]
+    check_rows: Callable[[int, np.ndarray], str | None]
+    summary: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    target_step: float | None = None
 
 
 _REGISTRY: dict[str, type[Law]] = {}
@@ -90,6 +128,8 @@ class FittedLaw:
     def predict(self, r_D: jax.Array, s: jax.Array | float) -> jax.Array:
         """Predicted loss [E] of each eval domain for proportions r_D [D] at step s."""
         self.check_step(s)
+        if not isinstance(r_D, jax.core.Tracer) and not isinstance(s, jax.core.Tracer):
+            self.model.check_inputs(np.asarray(r_D, dtype=float), np.asarray(s, dtype=float))
         params = {k: jnp.asarray(v) for k, v in self.params.items()}
         return self.model.predict(params, jnp.asarray(r_D), jnp.asarray(s, dtype=jnp.result_type(float)))
 

@@ -1,0 +1,238 @@
+"""BiMix fitting speed and held-out error: this fitter (jaxopt LM, vmapped) against scipy's TRF loop.
+
+    python -m experiments.bench_fit                      # pile3, 160M; prints one JSON object
+    python -m experiments.bench_fit --model_size=70M --n_boot=64 --repeats=15
+
+Same table, same rows (own proportion 0 excluded), same objective (least squares of log loss) for both:
+* scipy: `least_squares(method='trf')` per eval domain from 8 seeded starts (the paper's method; the
+  setup that reproduces the data README's reference numbers), looped in Python;
+* jax: `bimix_jax.laws.fit.fit_law` (all domains x starts in one compiled call).
+Figures: one full fit in a fresh process with compilation (`cold`), in a fresh process whose persistent
+compilation cache is warm (`cold_cached`; temporary `BIMIX_JAX_CACHE_DIR`), and in-process once compiled
+(`warm`, median of --repeats); per-refit time of --n_boot bootstrap refits over runs (jax: one vmapped
+call; scipy: a loop over the same resamples); held-out error of both under both protocols; the fit cost
+each reaches. Fresh-process figures give the fit call alone (`fit_s`) and the whole process (`process_s`,
+interpreter start and imports included). Timings on a shared machine are noisy: compare ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from absl import flags
+
+from experiments import cli
+
+_LOSSES = flags.DEFINE_string("losses", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                     "..", "shared", "data", "pile3_github_books3_pilecc.csv"),
+                              "Loss table CSV.")
+_MODEL_SIZE = flags.DEFINE_string("model_size", "160M", "Model size rows to fit.")
+_N_BOOT = flags.DEFINE_integer("n_boot", 64, "Bootstrap refits.")
+_REPEATS = flags.DEFINE_integer("repeats", 11, "Timings per warm measurement (median reported).")
+_COLD_REPEATS = flags.DEFINE_integer("cold_repeats", 3, "Fresh processes per cold measurement (median reported).")
+_SCIPY_STARTS = 8
+
+_CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+from experiments import cli
+cli.setup_jax()
+from bimix_jax import loss_table
+from bimix_jax.laws import fit
+t1 = time.perf_counter()
+table = loss_table.read_csv(sys.argv[1])
+t2 = time.perf_counter()
+fit.fit_law(table, "bimix", model_size=sys.argv[2], dtype=sys.argv[3])
+t3 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "read_s": t2 - t1, "fit_s": t3 - t2}))
+"""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The scipy reference: per domain, 8 starts, TRF on log-loss residuals, theta = (log a, log c, log alpha, beta).
+
+
+def _scipy_residual(theta, lr, ls, ly, sw):
+    la, lc, lal, beta = theta
+    return (np.logaddexp(la - beta * ls, lc) - np.exp(lal) * lr - ly) * sw
+
+
+def _scipy_starts(ly: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.array([[np.log(10.0) + rng.normal(), np.log(0.8 * np.exp(ly.min())), np.log(rng.uniform(0.02, 0.5)),
+                      rng.uniform(0.1, 0.8)] for _ in range(_SCIPY_STARTS)])
+
+
+def scipy_fit(table, domains: Sequence[str], weights: dict | None = None, seed: int = 0) -> dict:
+    """{domain: (theta, cost)}; rows with own proportion 0 excluded; `weights[domain]` per-row multiplicities."""
+    from scipy.optimize import least_squares
+
+    out = {}
+    for e in domains:
+        j = table.domains.index(e)
+        m = (table.eval_domain == e) & (table.p[:, j] > 0)
+        lr, ls, ly = np.log(table.p[m, j]), np.log(table.step[m]), np.log(table.loss[m])
+        sw = np.sqrt(weights[e]) if weights else np.ones(ly.size)
+        best = None
+        for x0 in _scipy_starts(ly, seed):
+            res = least_squares(_scipy_residual, x0, args=(lr, ls, ly, sw), method="trf")
+            if best is None or res.cost < best.cost:
+                best = res
+        out[e] = (best.x, float(best.cost))
+    return out
+
+
+def scipy_predict(theta, r, s):
+    la, lc, lal, beta = theta
+    return np.exp(np.logaddexp(la - beta * np.log(s), lc) - np.exp(lal) * np.log(r))
+
+
+def scipy_heldout(table, report: dict) -> dict:
+    """The scipy fit scored on exactly the held-out rows (and domains) of one of our protocol reports."""
+    from bimix_jax.laws import evaluate
+
+    pts = report["points"]
+    key = {(r, s, e) for r, s, e in zip(pts["run"], pts["step"], pts["eval_domain"])}
+    held = np.array([(r, s, e) in key for r, s, e in zip(table.run, table.step, table.eval_domain)])
+    if report["protocol"] == "mixtures":
+        held = np.isin(table.run, report["heldout_runs"])
+    train = table.subset(~held)
+    domains = list(report["per_domain"])
+    fits = scipy_fit(train, domains)
+    per_domain, obs_all, pred_all = {}, [], []
+    for e in domains:
+        j = table.domains.index(e)
+        rows = [i for i, (r, s, d) in enumerate(zip(pts["run"], pts["step"], pts["eval_domain"])) if d == e]
+        mix = table.mixtures()
+        pred = np.array([scipy_predict(fits[e][0], mix[pts["run"][i]][j], pts["step"][i]) for i in rows])
+        obs = np.array([pts["observed"][i] for i in rows])
+        per_domain[e] = evaluate.metrics(obs, pred)
+        obs_all.append(obs)
+        pred_all.append(pred)
+    return {"per_domain": per_domain, **evaluate.summarise(per_domain, np.concatenate(obs_all),
+                                                           np.concatenate(pred_all))}
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _median_ms(fn, repeats: int) -> dict:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return {"median_ms": statistics.median(times), "min_ms": min(times)}
+
+
+def _fresh_process(cache_dir: str, dtype: str, repeats: int) -> dict:
+    env = dict(os.environ, BIMIX_JAX_CACHE_DIR=cache_dir, JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, "-c", _CHILD, _LOSSES.value, _MODEL_SIZE.value, dtype], cwd=root,
+                             env=env, capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - t0
+        runs.append({**json.loads(res.stdout.strip().splitlines()[-1]), "process_s": wall})
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def bench_cold(dtype: str) -> dict:
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        cold = []
+        for i in range(_COLD_REPEATS.value):  # Each in its own empty cache: compilation included.
+            sub = os.path.join(cache, f"empty{i}")
+            cold.append(_fresh_process(sub, dtype, 1))
+        out["cold"] = {k: statistics.median(r[k] for r in cold) for k in cold[0]}
+        warm_cache = os.path.join(cache, "warm")
+        _fresh_process(warm_cache, dtype, 1)  # Populates the persistent cache.
+        out["cold_cached"] = _fresh_process(warm_cache, dtype, _COLD_REPEATS.value)
+    return out
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    import jax
+
+    from bimix_jax import loss_table
+    from bimix_jax.laws import evaluate, fit, solver
+
+    table = loss_table.read_csv(_LOSSES.value, model_size=_MODEL_SIZE.value)
+    domains = list(table.eval_domains)
+    result = {"table": os.path.basename(_LOSSES.value), "model_size": _MODEL_SIZE.value, "law": "bimix",
+              "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+              "scipy_starts": _SCIPY_STARTS}
+
+    # Warm single fits.
+    fitted = fit.fit_law(table, "bimix")  # Compiles.
+    jax_warm = _median_ms(lambda: fit.fit_law(table, "bimix"), _REPEATS.value)
+    fit.fit_law(table, "bimix", dtype="float32")
+    jax_warm32 = _median_ms(lambda: fit.fit_law(table, "bimix", dtype="float32"), _REPEATS.value)
+    scipy_fits = scipy_fit(table, domains)
+    scipy_warm = _median_ms(lambda: scipy_fit(table, domains), max(3, _REPEATS.value // 3))
+    result["cost"] = {"jax": {e: fitted.summary["domains"][e]["convergence"]["cost"] for e in domains},
+                      "scipy": {e: scipy_fits[e][1] for e in domains}}  # Both 0.5 * sum(r^2).
+
+    # Bootstrap: the same run resamples for both.
+    prep = fit.prepare(table, "bimix")
+    w, _ = fit.resample_weights(prep, _N_BOOT.value, 0)
+    boot = lambda dtype: fit.fit_bootstrap(table, "bimix", n_boot=_N_BOOT.value, seed=0, dtype=dtype)  # noqa: E731
+    boot("float64")
+    boot("float32")
+    solve_only = lambda: solver.solve_batched(prep.problem.model, prep.x, prep.logy, w, prep.options)  # noqa: E731
+    jax_boot = _median_ms(lambda: boot("float64"), 3)
+    jax_boot_solve = _median_ms(solve_only, 3)
+    jax_boot32 = _median_ms(lambda: boot("float32"), 3)
+    weights = [{e: w[b, g, :len(prep.problem.logy[g])] for g, e in enumerate(domains)} for b in range(_N_BOOT.value)]
+    n_scipy = min(_N_BOOT.value, 16)  # The scipy loop is slow: time a subset of the same resamples.
+    t0 = time.perf_counter()
+    for b in range(n_scipy):
+        scipy_fit(table, domains, weights[b])
+    scipy_per_refit = 1e3 * (time.perf_counter() - t0) / n_scipy
+    per = lambda ms: ms["median_ms"] / _N_BOOT.value  # noqa: E731
+
+    result["jax"] = {
+        "warm_fit_ms": jax_warm, "warm_fit_ms_float32": jax_warm32,
+        "bootstrap": {"n_boot": _N_BOOT.value, "per_refit_ms": per(jax_boot),
+                      "per_refit_ms_solver_only": per(jax_boot_solve), "per_refit_ms_float32": per(jax_boot32),
+                      "note": "per_refit_ms includes the full-table fit and resampling that fit_bootstrap also does"},
+        "iterations": {e: fitted.summary["domains"][e]["convergence"]["iterations"] for e in domains},
+        "n_starts": fitted.summary["fitter"]["n_starts"],
+    }
+    result["scipy"] = {"warm_fit_ms": scipy_warm, "bootstrap": {"per_refit_ms": scipy_per_refit,
+                                                               "timed_refits": n_scipy}}
+    result["speedup"] = {
+        "warm_fit": scipy_warm["median_ms"] / jax_warm["median_ms"],
+        "warm_fit_float32": scipy_warm["median_ms"] / jax_warm32["median_ms"],
+        "bootstrap_per_refit": scipy_per_refit / per(jax_boot),
+        "bootstrap_per_refit_float32": scipy_per_refit / per(jax_boot32),
+    }
+
+    # Held-out error of both, on the same protocol splits.
+    full = loss_table.read_csv(_LOSSES.value)
+    held = {}
+    for protocol in ("last_step", "mixtures"):
+        report = evaluate.evaluate(full, "bimix", protocol, model_size=_MODEL_SIZE.value)
+        sc = scipy_heldout(table, report)
+        keep = ("mean", "worst")
+        held[protocol] = {"jax": {k: report[k] for k in keep}, "scipy": {k: sc[k] for k in keep},
+                          "domains": list(report["per_domain"]), "skipped": list(report["skipped"])}
+    result["heldout"] = held
+
+    # Fresh processes (compilation, persistent cache), last: they compete for the CPU otherwise.
+    result["jax"]["fresh_process"] = {"float64": bench_cold("float64"), "float32": bench_cold("float32")}
+    print(json.dumps(result, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    cli.run(main)
