@@ -83,8 +83,9 @@ def setup_jax() -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     if os.environ.get("BIMIX_JAX_DISTRIBUTED") == "1":
         jax.distributed.initialize()
-    logging.info("JAX process %d/%d, %d local devices: %s", jax.process_index(), jax.process_count(),
-                 jax.local_device_count(), jax.local_devices())
+        logging.info("JAX process %d/%d, %d local devices", jax.process_index(), jax.process_count(),
+                     jax.local_device_count())
+    # Devices are not touched here, so input errors found before any computation print one line only.
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
