@@ -70,9 +70,15 @@ def _eval_losses(params, eval_set: EvalSet, *, cfg: DecoderConfig, num_domains: 
     return sum_D / eval_set.tokens_D
 
 
-def make_eval_fn(cfg: DecoderConfig, num_domains: int, *, params_sharding=None, eval_sharding=None):
-    """The jitted `eval_fn(params, eval_set) -> [D]` mean per-token loss (nats) of every domain."""
+def make_eval_fn(cfg: DecoderConfig, num_domains: int, *, params_sharding=None, eval_sharding=None,
+                 stacked: bool = False):
+    """The jitted `eval_fn(params, eval_set) -> [D]` mean per-token loss (nats) of every domain.
+
+    With `stacked`, `params` has a leading run axis K (every leaf) and the result is [K, D].
+    """
     fn = functools.partial(_eval_losses, cfg=cfg, num_domains=num_domains)
+    if stacked:
+        fn = jax.vmap(fn, in_axes=(0, None))
     if params_sharding is None:
         return jax.jit(fn)
     return jax.jit(fn, in_shardings=(params_sharding, eval_sharding), out_shardings=None)

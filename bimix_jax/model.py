@@ -81,6 +81,21 @@ def _rope(x_BxLxHxK: jax.Array, base: float) -> jax.Array:
     return out.astype(x_BxLxHxK.dtype)
 
 
+def causal_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array) -> jax.Array:
+    """Softmax attention of each position over itself and earlier positions (scores and softmax in float32).
+
+    The same arithmetic as `jax.nn.dot_product_attention(..., is_causal=True)` (XLA implementation), written
+    out: its gradient compiles to a faster program on XLA:CPU (see `experiments/bench_train.py`).
+    """
+    L, K = q_BxLxHxK.shape[1], q_BxLxHxK.shape[3]
+    s_BxHxLxL = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k_BxLxHxK, preferred_element_type=jnp.float32)
+    s_BxHxLxL = s_BxHxLxL * jnp.float32(1.0 / math.sqrt(K))
+    causal_LxL = jnp.tril(jnp.ones((L, L), bool))
+    s_BxHxLxL = jnp.where(causal_LxL, s_BxHxLxL, jnp.finfo(jnp.float32).min)
+    p_BxHxLxL = jax.nn.softmax(s_BxHxLxL, axis=-1).astype(v_BxLxHxK.dtype)
+    return jnp.einsum("bhlm,bmhk->blhk", p_BxHxLxL, v_BxLxHxK)
+
+
 class Attention(nn.Module):
     cfg: DecoderConfig
 
@@ -93,7 +108,7 @@ class Attention(nn.Module):
                                         name="qkv")(x_BxLxD)
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
         q_BxLxHxK, k_BxLxHxK = _rope(q_BxLxHxK, c.rope_base), _rope(k_BxLxHxK, c.rope_base)
-        o_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True)
+        o_BxLxHxK = causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
         out_init = nn.initializers.normal(0.02 / math.sqrt(2 * c.L))
         return nn.DenseGeneral(c.D, axis=(-2, -1), use_bias=False, dtype=dtype, kernel_init=out_init,
                                name="out")(o_BxLxHxK)
@@ -152,7 +167,12 @@ def init_params(cfg: DecoderConfig, key: jax.Array) -> dict:
 
 
 def token_losses(cfg: DecoderConfig, params: dict, x_BxS: jax.Array) -> jax.Array:
-    """Per-token next-token cross-entropy [B, S-1] (nats) of windows `x_BxS` (inputs x[:, :-1])."""
+    """Per-token next-token cross-entropy [B, S-1] (nats) of windows `x_BxS` (inputs x[:, :-1]).
+
+    Computed as logsumexp(logits) - logits[target] rather than by indexing `log_softmax`: the same value,
+    but the gradient of the latter made XLA:CPU transpose the [B, L, V] gradient in a slow fused loop
+    (about half of the train step of the tiny config; see `experiments/bench_train.py`).
+    """
     logits_BxLxV = Decoder(cfg).apply({"params": params}, x_BxS[:, :-1])
-    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
-    return -jnp.take_along_axis(logp_BxLxV, x_BxS[:, 1:, None], axis=-1)[..., 0]
+    target_BxL = jnp.take_along_axis(logits_BxLxV, x_BxS[:, 1:, None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits_BxLxV, axis=-1) - target_BxL

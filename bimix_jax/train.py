@@ -12,14 +12,14 @@ Rerunning the same call resumes from the latest checkpoint; rows and records wri
 dropped first, so nothing is duplicated, and the result is bit-identical to an uninterrupted run.
 Data parallel over the given devices (a 1-axis mesh): parameters replicated, batch rows sharded.
 In a multi-host job every process calls `train_run`; only process 0 writes files (orbax coordinates
-checkpoints itself).
+checkpoints itself). The files are written by `bimix_jax.run_log.RunLog`, which `bimix_jax.train_many`
+(K runs in one vmapped step) shares, so both write the same workdirs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 import shutil
 import time
@@ -31,8 +31,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from bimix_jax import atomic, loss_table
-from bimix_jax.checkpoint import Checkpointer
+from bimix_jax import atomic
 from bimix_jax.data import sampler
 from bimix_jax.data.prepare import prepare_data
 from bimix_jax.data.spec import DataSpec
@@ -40,12 +39,10 @@ from bimix_jax.data.tokens import DomainTokens
 from bimix_jax.errors import InputError
 from bimix_jax.evaluate_domains import EvalSet, build_eval_set, make_eval_fn
 from bimix_jax.model import DecoderConfig, format_size
+from bimix_jax.run_log import CHECKPOINT_DIR, LOSSES_FILE, METRICS_FILE, RunLog, shares  # noqa: F401 - re-exported
 from bimix_jax.train_state import RunSpec, init_state, make_optimizer, make_train_step
 
 CONFIG_FILE = "config.json"
-LOSSES_FILE = "losses.csv"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
 _COMPARED = ("run_name", "spec", "domains", "proportions", "data_fingerprint", "vocab_size")
 
 
@@ -73,6 +70,20 @@ def run_record(spec: RunSpec, tokens: DomainTokens, proportions_D: np.ndarray, r
         "data_fingerprint": tokens.fingerprint(),
         "vocab_size": tokens.vocab_size,
     }
+
+
+def check_run_name(run_name: str) -> None:
+    if not isinstance(run_name, str) or not run_name.strip() or "\n" in run_name:
+        raise InputError(f"run name {run_name!r} must be a non-empty single line; choose another")
+
+
+def check_proportions(proportions_D: np.ndarray, num_domains: int, *, field: str = "mixture") -> np.ndarray:
+    """[D] float64 training proportions: finite, >= 0, summing to 1; else `InputError` naming `field`."""
+    r_D = np.asarray(proportions_D, np.float64)
+    if (r_D.shape != (num_domains,) or not np.all(np.isfinite(r_D)) or r_D.min() < 0
+            or abs(r_D.sum() - 1) > sampler.SUM_TOLERANCE):
+        raise InputError(f"{field}: proportions {r_D.tolist()} must be {num_domains} weights >= 0 summing to 1")
+    return r_D
 
 
 def _flatten(d: Any, prefix: str = "") -> dict:
@@ -124,9 +135,13 @@ class Programs(NamedTuple):
 def compiled_programs(cfg: DecoderConfig, spec: RunSpec, mesh: Mesh, num_domains: int) -> Programs:
     """The jitted functions of a run, cached: runs that differ only in mixture, seed, evaluation, checkpoint
     or logging settings share them, so a sweep over mixtures compiles once."""
+    return _programs(cfg, neutral_spec(spec), mesh, num_domains)
+
+
+def neutral_spec(spec: RunSpec) -> RunSpec:
+    """`spec` with the fields that do not shape the compiled programs set to fixed values (a cache key)."""
     neutral = dict(seed=0, eval_every=1, eval_tokens=1, checkpoint_every=1, keep_checkpoints=1, log_every=1)
-    return _programs(cfg, dataclasses.replace(spec, train=dataclasses.replace(spec.train, **neutral)), mesh,
-                     num_domains)
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, **neutral))
 
 
 @functools.lru_cache(maxsize=8)
@@ -169,11 +184,8 @@ def train_run(
       extra_config: stored in `config.json` for reference (e.g. the full config); not compared.
     """
     t, D = spec.train, len(tokens.domains)
-    if not run_name.strip() or "\n" in run_name:
-        raise InputError(f"run name {run_name!r} must be a non-empty single line; choose another")
-    proportions_D = np.asarray(proportions_D, np.float64)
-    if proportions_D.shape != (D,) or abs(proportions_D.sum() - 1) > sampler.SUM_TOLERANCE or proportions_D.min() < 0:
-        raise InputError(f"mixture: proportions {proportions_D.tolist()} must be {D} weights >= 0 summing to 1")
+    check_run_name(run_name)
+    proportions_D = check_proportions(proportions_D, D)
     mesh = _mesh(devices, spec)
     buffers = sampler.train_buffers(tokens, t.seq_len)
     eval_np = build_eval_set(tokens, seq_len=t.seq_len, eval_tokens=t.eval_tokens, batch_size=t.eval_batch_size)
@@ -183,7 +195,6 @@ def train_run(
     writer = jax.process_index() == 0
     if writer and not exists:
         atomic.write_json(os.path.join(workdir, CONFIG_FILE), {**record, "config": extra_config or {}})
-    losses_path, metrics_path = os.path.join(workdir, LOSSES_FILE), os.path.join(workdir, METRICS_FILE)
 
     cfg = spec.model.decoder(tokens.vocab_size, t.seq_len)
     model_size = format_size(cfg.num_params()[1])
@@ -194,18 +205,17 @@ def train_run(
     key_init, key_data = jax.random.split(jax.random.key(t.seed))
     r_D = jax.device_put(np.asarray(proportions_D, np.float32), repl)
 
-    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=t.keep_checkpoints)
+    log = RunLog(spec, tokens.domains, workdir, run_name=run_name, model_size=model_size,
+                 proportions_D=proportions_D, fingerprint=record["data_fingerprint"], writer=writer)
     try:
-        start = ckpt.latest_step()
+        start = log.latest_step()
         if start is None:
             state = programs.init(key_init)
             start_step = 0
         else:
-            state, _ = ckpt.restore(start, programs.abstract_state)
+            state, _ = log.ckpt.restore(start, programs.abstract_state)
             start_step = start
-        if writer:  # Forget what a killed process wrote after its last checkpoint.
-            loss_table.drop_rows_after(losses_path, run_name, start_step)
-            atomic.truncate_jsonl(metrics_path, lambda r: r.get("step", 0) <= start_step)
+        log.forget_after(start_step)
         done = start_step >= t.steps
         if done:
             logging.info("run %s in %s is complete (%d steps); nothing to do", run_name, workdir, start_step)
@@ -213,98 +223,41 @@ def train_run(
             logging.info("run %s: %s from step %d to %d (model %s non-embedding params, %d devices)", run_name,
                          "resuming" if start is not None else "starting", start_step, t.steps, model_size,
                          mesh.size)
-            state = _loop(spec, tokens.domains, state, start_step, programs.train_step, programs.eval, data,
-                          eval_set, key_data, r_D, ckpt, writer=writer, run_name=run_name, model_size=model_size,
-                          proportions_D=proportions_D, fingerprint=record["data_fingerprint"],
-                          losses_path=losses_path, metrics_path=metrics_path)
-        ckpt.wait()
+            state = _loop(t.steps, state, start_step, programs.train_step, programs.eval, data, eval_set, key_data,
+                          r_D, log)
     finally:
-        ckpt.close()
+        log.close()
     rows_D = np.asarray(jax.device_get(state.rows_D), np.int64)
-    final = _final_losses(losses_path, run_name, t.steps) if os.path.exists(losses_path) else {}
     return RunResult(
         workdir=workdir, run_name=run_name, model_size=model_size, steps=t.steps,
         tokens=t.steps * t.batch_size * t.seq_len, resumed_from=start, already_complete=done,
-        final_losses=final, realized_shares=_shares(rows_D, tokens.domains), state=state,
+        final_losses=log.final_losses(), realized_shares=shares(rows_D, tokens.domains), state=state,
     )
 
 
-def _shares(rows_D: np.ndarray, domains: Sequence[str]) -> dict[str, float]:
-    total = max(int(rows_D.sum()), 1)
-    return {d: int(n) / total for d, n in zip(domains, rows_D)}
+def _loop(steps, state, start_step, train_step, eval_fn, data, eval_set, key_data, r_D, log: RunLog):
+    """Steps `start_step + 1 .. steps`; returns the final state.
 
-
-def _final_losses(path: str, run_name: str, step: int) -> dict[str, float]:
-    table = loss_table.read_csv(path)
-    mask = (table.run == run_name) & (table.step == step)
-    return {str(e): float(x) for e, x in zip(table.eval_domain[mask], table.loss[mask])}
-
-
-def _loop(spec, domains, state, start_step, train_step, eval_fn, data, eval_set, key_data, r_D, ckpt, *,
-          writer, run_name, model_size, proportions_D, fingerprint, losses_path, metrics_path):
-    """Steps `start_step + 1 .. steps`; returns the final state."""
-    t = spec.train
-    tokens_per_step = t.batch_size * t.seq_len
-    window_losses: list[float] = []
-    clock = {"time": None, "step": start_step}
+    Step `count + 1` is dispatched before the host reads step `count`'s metrics, so the host never
+    stalls the device.
+    """
     pending = None
-
-    def settle(count: int, metrics: dict) -> None:
-        """Host side of step `count` (runs after step count + 1 was dispatched)."""
-        m = jax.device_get(metrics)
-        loss = float(m["loss"])
-        if not math.isfinite(loss):
-            raise InputError(
-                f"train loss is {loss} at step {count}; lower optim.lr or set optim.grad_clip and start again "
-                "in a fresh workdir"
-            )
-        window_losses.append(loss)
-        now = time.perf_counter()
-        if clock["time"] is None:  # The first step includes compilation: time from its end.
-            clock["time"], clock["step"] = now, count
-        if count % t.log_every and count != t.steps:
-            return
-        steps_done = count - clock["step"]
-        rate = steps_done * tokens_per_step / (now - clock["time"]) if steps_done else float("nan")
-        eta = (t.steps - count) * tokens_per_step / rate if steps_done else float("nan")
-        shares = _shares(np.asarray(m["rows_D"]), domains)
-        record = {"step": count, "tokens": count * tokens_per_step, "train_loss": float(np.mean(window_losses)),
-                  "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]), "tokens_per_s": rate,
-                  **{f"share_{d}": s for d, s in shares.items()}}
-        if writer:
-            atomic.append_jsonl(metrics_path, [record])
-        logging.info("step %d/%d loss %.4f lr %.3g %.0f tokens/s ETA %.0fs", count, t.steps, record["train_loss"],
-                     record["lr"], rate, eta)
-        window_losses.clear()
-        clock["time"], clock["step"] = now, count
-
-    for s in range(start_step, t.steps):
+    for s in range(start_step, steps):
         state, metrics = train_step(state, data, key_data, s, r_D)
         count = s + 1
         if pending is not None:
-            settle(*pending)
+            log.settle(pending[0], jax.device_get(pending[1]))
         pending = (count, metrics)
-        is_last = count == t.steps
-        if count % t.eval_every == 0 or is_last:
-            settle(*pending)
+        if log.is_eval_step(count):
+            log.settle(count, jax.device_get(metrics))
             pending = None
             eval_start = time.perf_counter()
-            losses_D = np.asarray(jax.device_get(eval_fn(state.params, eval_set)), np.float64)
-            if writer:
-                loss_table.append_rows(losses_path, [
-                    {"run": run_name, "model_size": model_size, "step": count, "tokens": count * tokens_per_step,
-                     **{f"p_{d}": float(p) for d, p in zip(domains, proportions_D)},
-                     "eval_domain": d, "loss": float(x)}
-                    for d, x in zip(domains, losses_D)
-                ])
-            logging.info("step %d eval: %s", count, ", ".join(f"{d} {x:.4f}" for d, x in zip(domains, losses_D)))
-            if clock["time"] is not None:  # tokens/s measures training, not evaluation
-                clock["time"] += time.perf_counter() - eval_start
-        if count % t.checkpoint_every == 0 or is_last:
-            ckpt.save(count, state, {"step": count, "tokens": count * tokens_per_step,
-                                     "data_fingerprint": fingerprint})
+            log.eval(count, np.asarray(jax.device_get(eval_fn(state.params, eval_set)), np.float64))
+            log.pause(time.perf_counter() - eval_start)  # tokens/s measures training, not evaluation
+        if log.is_checkpoint_step(count):
+            log.save(count, state)
     if pending is not None:
-        settle(*pending)
+        log.settle(pending[0], jax.device_get(pending[1]))
     return state
 
 

@@ -5,7 +5,8 @@ below reads the config. `make_train_step` returns a pure function
 
     train_step(state, data, key, step, proportions_D) -> (state, metrics)
 
-that samples its batch inside jit (`bimix_jax.data.sampler`), so a new mixture never recompiles.
+that samples its batch inside jit (`bimix_jax.data.sampler`), so a new mixture never recompiles;
+`make_group_train_step` is the same step vmapped over K runs (stacked states, keys, steps, mixtures).
 """
 
 from __future__ import annotations
@@ -187,16 +188,8 @@ def _train_step(
     return TrainState(params, opt_state, rows_D), metrics
 
 
-def make_train_step(
-    cfg: DecoderConfig,
-    spec: RunSpec,
-    *,
-    state_sharding: Any = None,
-    data_sharding: Any = None,
-    batch_sharding: jax.sharding.Sharding | None = None,
-) -> Callable:
-    """The jitted `train_step(state, data, key, step, proportions_D) -> (state, metrics)`; donates `state`."""
-    fn = functools.partial(
+def _step_fn(cfg: DecoderConfig, spec: RunSpec, batch_sharding: jax.sharding.Sharding | None) -> Callable:
+    return functools.partial(
         _train_step,
         cfg=cfg,
         optimizer=make_optimizer(spec.optim, spec.train.steps),
@@ -206,8 +199,52 @@ def make_train_step(
         microbatches=spec.train.microbatches,
         batch_sharding=batch_sharding,
     )
+
+
+def make_train_step(
+    cfg: DecoderConfig,
+    spec: RunSpec,
+    *,
+    state_sharding: Any = None,
+    data_sharding: Any = None,
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> Callable:
+    """The jitted `train_step(state, data, key, step, proportions_D) -> (state, metrics)`; donates `state`."""
     kwargs = {}
     if state_sharding is not None:
         kwargs["in_shardings"] = (state_sharding, data_sharding, None, None, None)
         kwargs["out_shardings"] = (state_sharding, None)
+    return jax.jit(_step_fn(cfg, spec, batch_sharding), donate_argnums=(0,), **kwargs)
+
+
+def _group_train_step(state_K: TrainState, data: sampler.TrainBuffers, key_K: jax.Array, step_K: jax.Array,
+                      proportions_KxD: jax.Array, active_K: jax.Array, *, step_fn: Callable) -> tuple[TrainState, dict]:
+    new_K, metrics_K = jax.vmap(step_fn, in_axes=(0, None, 0, 0, 0))(state_K, data, key_K, step_K, proportions_KxD)
+
+    def keep(new, old):  # A run that is not active keeps its state (it has finished, others have not).
+        return jnp.where(jnp.reshape(active_K, (-1,) + (1,) * (new.ndim - 1)), new, old)
+
+    return jax.tree_util.tree_map(keep, new_K, state_K), metrics_K
+
+
+def make_group_train_step(
+    cfg: DecoderConfig,
+    spec: RunSpec,
+    *,
+    state_sharding: Any = None,
+    data_sharding: Any = None,
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> Callable:
+    """K runs in one program: the jitted `group_step(state_K, data, key_K, step_K, proportions_KxD, active_K)
+    -> (state_K, metrics_K)`.
+
+    Every leaf of `state_K` and of the metrics has a leading run axis K; each run draws its own batch
+    from its own key, step and mixture (`jax.vmap` of the single-run step; `batch_sharding` shards the
+    rows of each run's batch). Runs with `active_K` False keep their state. Donates `state_K`.
+    """
+    kwargs = {}
+    if state_sharding is not None:
+        kwargs["in_shardings"] = (state_sharding, data_sharding, None, None, None, None)
+        kwargs["out_shardings"] = (state_sharding, None)
+    fn = functools.partial(_group_train_step, step_fn=_step_fn(cfg, spec, batch_sharding))
     return jax.jit(fn, donate_argnums=(0,), **kwargs)

@@ -1,16 +1,33 @@
-"""Training speed of the tiny config's model: JAX train step, the sampler's share, and a PyTorch CPU baseline.
+"""Training speed of the tiny config's model: JAX train step, the loss formulation before/after, K runs in one
+vmapped step versus K runs in turn, and a PyTorch CPU baseline.
 
-    python -m experiments.bench_train                  # prints one JSON object
-    python -m experiments.bench_train --steps=100 --repeats=5
+    python -m experiments.bench_train                        # prints one JSON object
+    python -m experiments.bench_train --repeats=7 --group_sizes=2,4,8 --parts=step,torch,group
+    python -m experiments.bench_train --config_arg=runlocal --batch_size=1 --parts=group --steps=50
 
-Steady state only: compilation and warmup steps are excluded; each figure is the median of `--repeats`
-timings of `--steps` consecutive steps (the device queue is drained once per timing). The batch is
-drawn inside the step in both implementations. PyTorch (an optional benchmark extra, `pip install
-torch`) runs the same shapes in fp32 with AdamW; if it is missing its figures are null with the reason.
+Steady state only: compilation and warmup steps are excluded (compile times are reported on their own,
+with the persistent compilation cache off). Each figure is the median of `--repeats` timings of
+`--steps` consecutive steps (the device queue is drained once per timing); `*_best` figures are the
+fastest timing. The implementations compared in one part are timed in turns, round after round; each
+ratio is the median of the per-round ratios, and each `*_best` ratio the ratio of the fastest timings
+(other processes can only slow a timing down, so on a busy machine `*_best` is the steadier figure).
+The batch is drawn inside the step everywhere.
+PyTorch (an optional benchmark extra, `pip install torch`) runs the same shapes in fp32 with AdamW; if it
+is missing its figures are null with the reason. While another process holds a core, PyTorch's OpenMP
+steps slow down by up to 70x (seen on a shared 2-core machine) where JAX's slow down by under 2x: compare
+the two with `jax_over_torch_best`.
+
+Parts:
+* `step`: the train step as the trainer runs it, and the same step with the loss as first written
+  (`log_softmax` indexing, `jax.nn.dot_product_attention`), to show what the rewrite in
+  `bimix_jax/model.py` gained;
+* `torch`: the PyTorch step, timed in turns with the JAX step;
+* `group`: for each K, one vmapped step of K runs (`bimix_jax.train_many`) against K single steps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,20 +41,37 @@ from absl import flags
 from experiments import cli
 
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per repeat.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timings per measurement (the median is reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps before timing (compilation included).")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timings per measurement (the median is reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps before timing (after compilation).")
 _CONFIG = flags.DEFINE_string("config_arg", "", "Argument of configs/tiny.py get_config (e.g. 'runlocal').")
+_GROUP_SIZES = flags.DEFINE_list("group_sizes", ["2", "4", "8"], "Numbers of runs K for the group part.")
+_PARTS = flags.DEFINE_list("parts", ["step", "torch", "group"], "Which parts to run: step, torch, group.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "Sequences per step (0: the config's train.batch_size).")
+
+Runner = Callable[[int], None]  # runs n steps and waits for them
 
 
-def _median_seconds(run_steps: Callable[[int], None], steps: int, repeats: int, warmup: int) -> float:
-    """Median seconds per step; `run_steps(n)` runs n steps and waits for them."""
-    run_steps(warmup)
-    times = []
+def _interleaved(runners: dict[str, Runner], steps: int, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per step of each runner, `repeats` rounds, the runners timed in turn within a round."""
+    for run in runners.values():
+        run(warmup)
+    times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        run_steps(steps)
-        times.append((time.perf_counter() - t0) / steps)
-    return statistics.median(times)
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run(steps)
+            times[name].append((time.perf_counter() - t0) / steps)
+    return times
+
+
+def _ratio(num: list[float], den: list[float]) -> float:
+    """Median over rounds of num/den."""
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def _best_ratio(num: list[float], den: list[float]) -> float:
+    """min(num) / min(den): the ratio of the least disturbed timings (other processes only ever slow a timing)."""
+    return min(num) / min(den)
 
 
 def _synthetic_tokens(vocab_size: int, n_domains: int = 5, tokens_per_domain: int = 200_000):
@@ -50,29 +84,97 @@ def _synthetic_tokens(vocab_size: int, n_domains: int = 5, tokens_per_domain: in
                         val={d: make(4096) for d in domains}, vocab_size=vocab_size, eos_id=0)
 
 
-def bench_jax(spec, vocab_size: int, steps: int, repeats: int, warmup: int) -> dict:
+def _loss_as_first_written(cfg, params, x_BxS):
+    """The per-token loss as the model first computed it: indexing `log_softmax`, `dot_product_attention`."""
     import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from bimix_jax import model
+
+    with _patched(model, "causal_attention", lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)):
+        logits_BxLxV = model.Decoder(cfg).apply({"params": params}, x_BxS[:, :-1])
+    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
+    return -jax.numpy.take_along_axis(logp_BxLxV, x_BxS[:, 1:, None], axis=-1)[..., 0]
+
+
+@contextlib.contextmanager
+def _patched(module, name: str, value):
+    """Replaces `module.name` while a function is traced (benchmark reference only)."""
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+class _JaxSetup:
+    """Programs, data and a fresh state of the tiny config on the default devices."""
+
+    def __init__(self, spec, vocab_size: int):
+        import jax
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        from bimix_jax.data import sampler
+        from bimix_jax.train import _mesh, compiled_programs
+
+        self.spec, t = spec, spec.train
+        tokens = _synthetic_tokens(vocab_size)
+        self.D = len(tokens.domains)
+        self.mesh = _mesh(None, spec)
+        self.cfg = spec.model.decoder(vocab_size, t.seq_len)
+        self.programs = compiled_programs(self.cfg, spec, self.mesh, self.D)
+        self.repl = NamedSharding(self.mesh, P())
+        self.data = jax.device_put(sampler.train_buffers(tokens, t.seq_len), self.repl)
+        self.r_D = jax.device_put(np.full(self.D, 1.0 / self.D, np.float32), self.repl)
+        self.key = jax.random.key(0)
+        self.train_step, self.compile_s = _compile_seconds(self.programs.train_step, self.programs.init(self.key),
+                                                           self.data, self.key, 0, self.r_D)
+
+    def runner(self, step_fn) -> Runner:
+        """Steps `step_fn(state, data, key, step, r_D)` from a fresh state."""
+        import jax
+
+        box = {"state": self.programs.init(self.key), "step": 0}
+
+        def run(n: int) -> None:
+            for _ in range(n):
+                box["state"], metrics = step_fn(box["state"], self.data, self.key, box["step"], self.r_D)
+                box["step"] += 1
+            jax.block_until_ready(metrics["loss"])
+
+        return run
+
+    def first_written_step(self) -> Callable:
+        """The train step with `_loss_as_first_written` (same optimizer, sampler and shardings)."""
+        import jax
+
+        from bimix_jax import train_state
+
+        fn = train_state._step_fn(self.cfg, self.spec, None)
+
+        def step(*args):
+            with _patched(train_state, "token_losses", _loss_as_first_written):
+                return fn(*args)
+
+        return jax.jit(step, donate_argnums=(0,))
+
+
+def _compile_seconds(jitted, *args) -> tuple[Callable, float]:
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def bench_step(setup: _JaxSetup, steps: int, repeats: int, warmup: int) -> dict:
+    """The trainer's step now and with the loss as first written, timed in turns; plus the sampler alone."""
+    import jax
 
     from bimix_jax.data import sampler
-    from bimix_jax.train import _mesh, compiled_programs
 
-    t = spec.train
-    tokens = _synthetic_tokens(vocab_size)
-    D = len(tokens.domains)
-    mesh = _mesh(None, spec)
-    programs = compiled_programs(spec.model.decoder(vocab_size, t.seq_len), spec, mesh, D)
-    repl = NamedSharding(mesh, P())
-    data = jax.device_put(sampler.train_buffers(tokens, t.seq_len), repl)
-    r_D = jax.device_put(np.full(D, 1.0 / D, np.float32), repl)
-    key = jax.random.key(0)
-    box = {"state": programs.init(key), "step": 0}
-
-    def train_steps(n: int) -> None:
-        for _ in range(n):
-            box["state"], metrics = programs.train_step(box["state"], data, key, box["step"], r_D)
-            box["step"] += 1
-        jax.block_until_ready(metrics["loss"])
+    t, D = setup.spec.train, setup.D
+    now, now_compile = setup.train_step, setup.compile_s
+    before, before_compile = _compile_seconds(setup.first_written_step(), setup.programs.init(setup.key),
+                                              setup.data, setup.key, 0, setup.r_D)
 
     @jax.jit
     def sample(data, key, step, r_D):  # what the train step does before the model
@@ -82,21 +184,75 @@ def bench_jax(spec, vocab_size: int, steps: int, repeats: int, warmup: int) -> d
 
     def sample_steps(n: int) -> None:
         for i in range(n):
-            x, _ = sample(data, key, i, r_D)
+            x, _ = sample(setup.data, setup.key, i, setup.r_D)
         jax.block_until_ready(x)
 
-    step_s = _median_seconds(train_steps, steps, repeats, warmup)
-    sample_s = _median_seconds(sample_steps, steps, repeats, warmup)
-    return {"jax_step_ms": step_s * 1e3, "jax_tokens_per_s": t.batch_size * t.seq_len / step_s,
-            "sampler_ms": sample_s * 1e3, "sampler_fraction_of_step": sample_s / step_s,
+    times = _interleaved({"now": setup.runner(now), "before": setup.runner(before), "sampler": sample_steps},
+                         steps, repeats, warmup)
+    step_s = statistics.median(times["now"])
+    tokens = t.batch_size * t.seq_len
+    return {"jax_step_ms": step_s * 1e3, "jax_tokens_per_s": tokens / step_s,
+            "jax_step_ms_best": min(times["now"]) * 1e3,
+            "jax_step_ms_loss_as_first_written": statistics.median(times["before"]) * 1e3,
+            "jax_step_ms_loss_as_first_written_best": min(times["before"]) * 1e3,
+            "jax_speedup_over_first_written": _ratio(times["before"], times["now"]),
+            "jax_speedup_over_first_written_best": _best_ratio(times["before"], times["now"]),
+            "jax_compile_s": now_compile, "jax_compile_s_loss_as_first_written": before_compile,
+            "sampler_ms": statistics.median(times["sampler"]) * 1e3,
+            "sampler_fraction_of_step": _ratio(times["sampler"], times["now"]),
             "jax_devices": [str(d) for d in jax.devices()], "jax_version": jax.__version__}
 
 
-def bench_torch(spec, vocab_size: int, steps: int, repeats: int, warmup: int) -> dict:
+def bench_group(setup: _JaxSetup, sizes: Sequence[int], steps: int, repeats: int, warmup: int) -> dict:
+    """K runs in one vmapped step against K single steps in turn (the cost of training them one by one)."""
+    import jax
+    import jax.numpy as jnp
+
+    from bimix_jax.train_many import group_programs
+
+    group = group_programs(setup.cfg, setup.spec, setup.mesh, setup.D)
+    single = setup.train_step
+    out = {"group_single_compile_s": setup.compile_s}
+    for K in sizes:
+        keys = jax.random.split(setup.key, K)
+        r_KxD = jnp.tile(setup.r_D, (K, 1))
+        active_K = np.ones(K, bool)
+        state = group.stack([setup.programs.init(k) for k in keys])
+        compiled, compile_s = _compile_seconds(group.train_step, state, setup.data, keys, np.zeros(K, np.int32),
+                                               r_KxD, active_K)
+        box = {"state": state, "step": 0}
+
+        def group_steps(n: int, box=box, compiled=compiled, keys=keys, r_KxD=r_KxD, active_K=active_K) -> None:
+            for _ in range(n):
+                step_K = np.full(K, box["step"], np.int32)
+                box["state"], metrics = compiled(box["state"], setup.data, keys, step_K, r_KxD, active_K)
+                box["step"] += 1
+            jax.block_until_ready(metrics["loss"])
+
+        times = _interleaved({"single": setup.runner(single), "group": group_steps}, steps, repeats, warmup)
+        # K runs in turn take K single steps per step of all K runs.
+        out[f"group_K{K}"] = {
+            "vmapped_step_ms": statistics.median(times["group"]) * 1e3,
+            "sequential_step_ms": K * statistics.median(times["single"]) * 1e3,
+            "vmapped_step_ms_best": min(times["group"]) * 1e3,
+            "sequential_step_ms_best": K * min(times["single"]) * 1e3,
+            "speedup": _ratio([K * s for s in times["single"]], times["group"]),
+            "speedup_best": _best_ratio([K * s for s in times["single"]], times["group"]),
+            "vmapped_tokens_per_s": K * setup.spec.train.batch_size * setup.spec.train.seq_len
+            / statistics.median(times["group"]),
+            "compile_s": compile_s,
+        }
+        del box, state
+    return out
+
+
+def torch_runner(spec, vocab_size: int) -> tuple[Runner | None, dict]:
+    """A runner of the PyTorch step (None with the reason when torch is missing) and its description."""
     try:
         import torch
     except ImportError as e:
-        return {"torch_tokens_per_s": None, "torch_step_ms": None, "torch_null_reason": f"torch is not installed ({e})"}
+        return None, {"torch_tokens_per_s": None, "torch_step_ms": None,
+                      "torch_null_reason": f"torch is not installed ({e})"}
     from torch import nn
     from torch.nn import functional as F
 
@@ -170,27 +326,57 @@ def bench_torch(spec, vocab_size: int, steps: int, repeats: int, warmup: int) ->
             opt.step()
         assert math.isfinite(loss.item())
 
-    step_s = _median_seconds(train_steps, steps, repeats, warmup)
-    return {"torch_step_ms": step_s * 1e3, "torch_tokens_per_s": t.batch_size * t.seq_len / step_s,
-            "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(), "torch_null_reason": None}
+    return train_steps, {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+                         "torch_null_reason": None}
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
+    import jax
+
     from bimix_jax.train_state import RunSpec
     from configs import tiny
 
+    jax.config.update("jax_enable_compilation_cache", False)  # compile times are measured
+    parts = set(_PARTS.value)
+    unknown = parts - {"step", "torch", "group"}
+    if unknown:
+        cli.fail(f"--parts: unknown part {sorted(unknown)[0]!r}; choose from step, torch, group")
+    try:
+        sizes = [int(k) for k in _GROUP_SIZES.value]
+    except ValueError:
+        cli.fail(f"--group_sizes={','.join(_GROUP_SIZES.value)}: give integers, e.g. --group_sizes=2,4,8")
     config = tiny.get_config(_CONFIG.value or None)
+    if _BATCH_SIZE.value:
+        config.unlock()
+        config.train.batch_size = config.train.eval_batch_size = _BATCH_SIZE.value
     spec = RunSpec.from_config(config)
     vocab_size = int(config.data.vocab_size)
-    args = (spec, vocab_size, _STEPS.value, _REPEATS.value, _WARMUP.value)
+    steps, repeats, warmup = _STEPS.value, _REPEATS.value, _WARMUP.value
     out = {"config": f"configs/tiny.py{':' + _CONFIG.value if _CONFIG.value else ''}",
            "model": dict(config.model), "batch_size": spec.train.batch_size, "seq_len": spec.train.seq_len,
-           "vocab_size": vocab_size, "cpu_count": os.cpu_count(), "steps": _STEPS.value, "repeats": _REPEATS.value}
-    out.update(bench_jax(*args))
-    out.update(bench_torch(*args))
-    torch_rate = out.get("torch_tokens_per_s")
-    out["jax_over_torch"] = out["jax_tokens_per_s"] / torch_rate if torch_rate else None
+           "vocab_size": vocab_size, "cpu_count": os.cpu_count(), "steps": steps, "repeats": repeats,
+           "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    setup = _JaxSetup(spec, vocab_size)
+    if "step" in parts:
+        out.update(bench_step(setup, steps, repeats, warmup))
+    if "torch" in parts:
+        run_torch, info = torch_runner(spec, vocab_size)
+        out.update(info)
+        if run_torch is not None:
+            now = setup.runner(setup.train_step)
+            times = _interleaved({"jax": now, "torch": run_torch}, steps, repeats, warmup)
+            tokens = spec.train.batch_size * spec.train.seq_len
+            out.update({"torch_step_ms": statistics.median(times["torch"]) * 1e3,
+                        "torch_tokens_per_s": tokens / statistics.median(times["torch"]),
+                        "torch_step_ms_best": min(times["torch"]) * 1e3,
+                        "jax_step_ms_timed_with_torch": statistics.median(times["jax"]) * 1e3,
+                        "jax_step_ms_timed_with_torch_best": min(times["jax"]) * 1e3,
+                        # throughput ratios (JAX tokens/s over PyTorch tokens/s)
+                        "jax_over_torch": _ratio(times["torch"], times["jax"]),
+                        "jax_over_torch_best": _best_ratio(times["torch"], times["jax"])})
+    if "group" in parts:
+        out.update(bench_group(setup, sizes, steps, repeats, warmup))
     print(json.dumps(out, indent=2))
 
 

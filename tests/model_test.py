@@ -7,7 +7,8 @@ import pytest
 
 from bimix_jax import loss_table
 from bimix_jax.errors import InputError
-from bimix_jax.model import Decoder, DecoderConfig, format_size, init_params, param_count, token_losses
+from bimix_jax.model import (Decoder, DecoderConfig, causal_attention, format_size, init_params, param_count,
+                             token_losses)
 
 CFG = DecoderConfig(D=32, H=4, L=2, F=64, V=97, max_len=32)
 
@@ -71,3 +72,14 @@ def test_bad_dimensions():
         DecoderConfig(D=30, H=4, L=1, F=8, V=10, max_len=8)
     with pytest.raises(InputError, match="dtype"):
         DecoderConfig(D=32, H=4, L=1, F=8, V=10, max_len=8, dtype="float16")
+
+
+def test_attention_and_loss_equal_their_textbook_forms(params):
+    """The written-out attention and the logsumexp loss compute what jax.nn's forms compute."""
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 9, 4, 8)) for i in (4, 5, 6))
+    np.testing.assert_allclose(jax.jit(causal_attention)(q, k, v),
+                               jax.nn.dot_product_attention(q, k, v, is_causal=True), rtol=1e-5, atol=1e-6)
+    x_BxS = jax.random.randint(jax.random.key(7), (3, 17), 0, CFG.V)
+    logits_BxLxV = Decoder(CFG).apply({"params": params}, x_BxS[:, :-1])
+    ref_BxL = -jnp.take_along_axis(jax.nn.log_softmax(logits_BxLxV), x_BxS[:, 1:, None], axis=-1)[..., 0]
+    np.testing.assert_allclose(token_losses(CFG, params, x_BxS), ref_BxL, rtol=1e-6)

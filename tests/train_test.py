@@ -188,10 +188,17 @@ _DATA_PARALLEL = textwrap.dedent("""
     sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
     from train_test import SPEC, MIX, synthetic_tokens
     from bimix_jax.train import train_run
+    from bimix_jax.train_many import train_runs
     assert len(jax.devices()) == 8, jax.devices()
     run = train_run(SPEC, synthetic_tokens(), MIX, os.path.join(sys.argv[2], "eight"), run_name="r1")
     assert len(run.state.params["embed"]["embedding"].sharding.device_set) == 8
     np.savez(os.path.join(sys.argv[2], "state.npz"), *map(np.asarray, jax.tree_util.tree_leaves(run.state)))
+    # Two runs in one vmapped step, each run's batch rows sharded over the 8 devices; run r1 is the run above.
+    group = train_runs(SPEC, synthetic_tokens(), np.array([MIX, [0.0, 0.25, 0.75]]),
+                       [os.path.join(sys.argv[2], "group", n) for n in ("r1", "r2")], run_names=["r1", "r2"],
+                       seeds=[0, 1])
+    assert len(group[0].state.params["embed"]["embedding"].sharding.device_set) == 8
+    np.savez(os.path.join(sys.argv[2], "group.npz"), *map(np.asarray, jax.tree_util.tree_leaves(group[0].state)))
 """)
 
 
@@ -206,6 +213,12 @@ def test_eight_devices_match_one_device(finished, tmp_path):
     assert len(one) == len(eight)
     for a, b in zip(one, eight):
         np.testing.assert_allclose(np.asarray(a), b, rtol=2e-4, atol=2e-6)
-    table = loss_table.read_csv(tmp_path / "eight" / "losses.csv")
-    np.testing.assert_allclose(table.loss, loss_table.read_csv(os.path.join(finished.workdir, "losses.csv")).loss,
+    one_losses = loss_table.read_csv(os.path.join(finished.workdir, "losses.csv")).loss
+    np.testing.assert_allclose(loss_table.read_csv(tmp_path / "eight" / "losses.csv").loss, one_losses, rtol=1e-5)
+    # Data parallel with vmap: the group's run r1 on 8 devices matches r1 trained alone on one device.
+    with np.load(tmp_path / "group.npz") as z:
+        grouped = [z[f"arr_{i}"] for i in range(len(z.files))]
+    for a, b in zip(one, grouped, strict=True):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(loss_table.read_csv(tmp_path / "group" / "r1" / "losses.csv").loss, one_losses,
                                rtol=1e-5)
