@@ -1,0 +1,123 @@
+"""`python -m experiments.optimize_mixture` end to end: report, exports, bootstrap, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import bimix_jax.laws  # noqa: F401  (registers 'bimix' and 'ye')
+from bimix_jax import loss_table
+from bimix_jax.laws import FittedLaw, fit_law
+from bimix_jax.mixture import constraints, optimize
+from tests import mixture_testlib as tl
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOMAINS = ("github", "books3", "pile_cc")
+PARAMS = {"a": [40.0, 15.0, 25.0], "c": [1.2, 2.6, 2.3], "alpha": [0.2, 0.05, 0.12], "beta": [0.5, 0.4, 0.45]}
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "experiments.optimize_mixture", *args]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command(*args), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", BIMIX_JAX_CACHE_DIR="")
+
+
+@pytest.fixture(scope="module")
+def fit_file(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("fit") / "fit.json")
+    FittedLaw("bimix", 1, DOMAINS, DOMAINS, {k: np.array(v) for k, v in PARAMS.items()}).save(path)
+    return path
+
+
+def test_report_and_exports(fit_file, tmp_path):
+    out, exp = str(tmp_path / "mix.json"), str(tmp_path / "exp")
+    proc = run(f"--fit={fit_file}", "--token_budget=1e10", "--tokens_per_step=5e5", "--caps=pile_cc=0.5",
+               "--domain_tokens=github=1e9,books3=2e10,pile_cc=5e10", "--max_epochs=3",
+               "--weights=github=1,pile_cc=1",
+               f"--out={out}", f"--export_dir={exp}", "--megatron_template=/data/{domain}_text_document")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.load(open(out))
+    assert rep["step"] == 2e4 and rep["solver"]["name"] == "exact" and rep["fit_file"] == fit_file
+    # The same problem solved in this process (float64) gives the same mixture.
+    with jax.enable_x64(True):
+        fitted = FittedLaw.load(fit_file)
+        bounds = constraints.make_bounds(DOMAINS, caps={"pile_cc": 0.5}, domain_tokens={
+            "github": 1e9, "books3": 2e10, "pile_cc": 5e10}, token_budget=1e10, max_epochs=3.0, min_floor=1e-4)
+        r = optimize.solve(fitted, step=2e4, weights_E=np.array([0.5, 0.0, 0.5]), bounds=bounds).r
+    np.testing.assert_allclose([rep["mixture"][d] for d in DOMAINS], r, atol=1e-12)
+    # github is capped at 3 epochs (0.3), pile_cc at 0.5: the unweighted books3 takes the remaining 0.2.
+    assert rep["binding"] == {"github": ["repetition"], "pile_cc": ["cap"]}
+    assert rep["mixture"]["books3"] == pytest.approx(0.2, abs=1e-12)
+    assert rep["epochs"]["optimum"]["github"] == pytest.approx(3.0)
+    assert "unconstrained" in rep and rep["baseline_source"].startswith("natural token shares")
+    blend = open(os.path.join(exp, "megatron_blend.txt")).read().split()
+    assert blend[1::2] == [f"/data/{d}_text_document" for d in DOMAINS]
+    assert json.load(open(os.path.join(exp, "weights.json"))) == rep["export"]["weights"]
+    assert "github" in proc.stdout and "repetition" in proc.stdout and "wrote" in proc.stdout
+
+
+def test_bootstrap_end_to_end(tmp_path):
+    table = tl.synthetic_table()
+    csv, fit, out = str(tmp_path / "t.csv"), str(tmp_path / "fit.json"), str(tmp_path / "mix.json")
+    loss_table.write_csv(csv, table)
+    fit_law(table, "bimix").save(fit)
+    proc = run(f"--fit={fit}", "--steps=30000", f"--losses={csv}", "--bootstrap=8", "--seed=3", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    boot = json.load(open(out))["bootstrap"]
+    assert boot["n_boot"] == 8 and boot["n_used"] == 8 and boot["seed"] == 3
+    for d in table.domains:
+        q = boot["mixture"][d]
+        assert len(q) == 3 and q[0] <= q[1] <= q[2]
+    assert "5%..95%" in proc.stdout
+
+
+def _bad_fit_files(fit_file, tmp_path):
+    good = json.load(open(fit_file))
+    paths = {}
+    for name, content in [("truncated", json.dumps(good)[:50]), ("version", json.dumps({**good, "version": 99})),
+                          ("other", json.dumps({"hello": 1}))]:
+        paths[name] = str(tmp_path / f"{name}.json")
+        open(paths[name], "w").write(content)
+    return paths
+
+
+# Representative failures of each kind (the library tests cover every message); each case is a process.
+BAD = [
+    (["--steps=1e4", "--weights=nope=1"], "--weights: unknown eval domain 'nope'"),
+    (["--steps=1e4", "--caps=github=-0.1"], "--caps: github=-0.1 must be"),
+    (["--steps=1e4", "--domain_tokens=nope=5"], "--domain_tokens: unknown domain 'nope'"),
+    (["--steps=1e4", "--floors=github=0.6,books3=0.6"], "sum to 1.2001 > 1"),
+    (["--steps=1e4", "--bootstrap=10"], "--bootstrap needs --losses"),
+    (["--steps=1e4", "--caps=github=x"], "is not a number"),
+    ("truncated", "is unreadable or corrupted"),
+    ("version", "version 99, this code reads version 1"),
+    ("other", "is not a fitted-law file"),
+]
+
+
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(fit_file, tmp_path):
+    bad_fits = _bad_fit_files(fit_file, tmp_path)
+    procs = []
+    for i, (args, _) in enumerate(BAD):  # Run the processes concurrently: each is mostly interpreter start-up.
+        out = str(tmp_path / f"out{i}.json")
+        if isinstance(args, str):  # a broken fit file
+            argv = [f"--fit={bad_fits[args]}", "--steps=1e4"]
+        else:
+            argv = [f"--fit={fit_file}", *args]
+        procs.append((out, subprocess.Popen(command(*argv, f"--out={out}"), cwd=REPO, env=ENV, text=True,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
+    for (out, proc), (args, message) in zip(procs, BAD):
+        _, stderr = proc.communicate(timeout=300)
+        lines = stderr.strip().splitlines()
+        assert proc.returncode == 2, (args, stderr[-2000:])
+        assert lines[-1].startswith("error: ") and message in lines[-1], (args, lines[-1])
+        assert "Traceback" not in stderr and not os.path.exists(out)
