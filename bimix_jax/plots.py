@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -114,3 +114,104 @@ def render(fig: Figure, path: str) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=120)
     return buf.getvalue()
+
+
+# --- Figures of the pipeline report (bimix_jax.report) ------------------------------------------------
+
+
+def _grid(n_panels: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, int, int]:
+    cols = min(n_panels, 3)
+    rows = -(-n_panels // cols)
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, rows, cols
+
+
+def _run_style(run: str, runs: list[str], highlight: str | None) -> dict[str, Any]:
+    if run == highlight:
+        return {"color": "k", "lw": 2.2, "ms": 3.5, "zorder": 5}
+    return {"color": f"C{runs.index(run) % 10}", "lw": 1.0, "ms": 2.5, "alpha": 0.85}
+
+
+def loss_curves_figure(table: LossTable, weights: Mapping[str, float] | None = None,
+                       highlight: str | None = None) -> Figure:
+    """Validation loss vs step, one panel per eval domain plus one for the (weighted) average over domains,
+    one line per run (`highlight` drawn thick and black)."""
+    domains = list(table.eval_domains)
+    runs = list(table.runs)
+    weights = dict(weights) if weights else {e: 1.0 / len(domains) for e in domains}
+    fig, rows, cols = _grid(len(domains) + 1)
+    for k, dom in enumerate([*domains, None]):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        for run in runs:
+            m = table.run == run
+            if dom is not None:
+                m &= table.eval_domain == dom
+                steps, loss = table.step[m], table.loss[m]
+            else:  # weighted average over the domains at steps where every domain was measured
+                steps = np.unique(table.step[m])
+                loss = np.array([sum(w * table.loss[m & (table.step == s) & (table.eval_domain == e)].sum()
+                                     for e, w in weights.items()) for s in steps])
+            order = np.argsort(steps)
+            ax.plot(steps[order], loss[order], "o-", label=run, **_run_style(run, runs, highlight))
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.set_title(f"eval {dom}" if dom else "average over eval domains", fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation loss (nats)")
+        if dom is None or len(runs) <= MAX_LEGEND_RUNS:
+            ax.legend(fontsize=6, loc="upper right")
+    return fig
+
+
+def scatter_figure(groups: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str) -> Figure:
+    """Predicted vs observed loss, one colour per group ({label: (observed, predicted)}), with y = x."""
+    fig = Figure(figsize=(5.2, 4.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    lo, hi = np.inf, -np.inf
+    for i, (label, (obs, pred)) in enumerate(groups.items()):
+        obs, pred = np.asarray(obs, float), np.asarray(pred, float)
+        if not obs.size:
+            continue
+        ax.plot(obs, pred, "o", ms=3.5, alpha=0.75, color=f"C{i % 10}", label=label)
+        lo, hi = min(lo, obs.min(), pred.min()), max(hi, obs.max(), pred.max())
+    if np.isfinite(lo):
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+    ax.set_xlabel("observed loss (nats)")
+    ax.set_ylabel("predicted loss (nats)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def mixture_bars_figure(mixtures: Mapping[str, Mapping[str, float]],
+                        intervals: Mapping[str, Mapping[str, Sequence[float]]] | None = None) -> Figure:
+    """Grouped bars: the proportion of each domain (x) in each mixture (colour); `intervals`
+    ({mixture: {domain: [low, high]}}) adds error bars."""
+    names = list(mixtures)
+    domains = list(next(iter(mixtures.values())))
+    fig = Figure(figsize=(max(6.0, 1.3 * len(domains) + 2), 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(domains))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        heights = np.array([mixtures[name][d] for d in domains])
+        colour = "k" if name == "optimized" else f"C{i % 10}"
+        yerr = None
+        iv = (intervals or {}).get(name)
+        if iv:
+            low = np.array([iv[d][0] for d in domains])
+            high = np.array([iv[d][-1] for d in domains])
+            yerr = np.stack([np.clip(heights - low, 0, None), np.clip(high - heights, 0, None)])
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, heights, width, label=name, color=colour, yerr=yerr,
+               capsize=2, alpha=0.85)
+    ax.set_xticks(x, domains)
+    ax.set_ylabel("proportion of training rows")
+    ax.set_title("candidate mixtures and the recommended one" + (" (bootstrap interval)" if intervals else ""),
+                 fontsize=10)
+    ax.legend(fontsize=7, ncols=min(len(names), 4))
+    return fig

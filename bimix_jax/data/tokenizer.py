@@ -12,10 +12,12 @@ every line break is exactly one token and no piece spans two lines. Ids: 0 `<unk
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import random
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -150,6 +152,25 @@ def balanced_sample(docs: Mapping[str, Sequence[str]], chars_per_domain: int, se
     return out
 
 
+@contextlib.contextmanager
+def _stderr_with_fileno() -> Iterator[None]:
+    """sentencepiece silences its log by redirecting `sys.stderr.fileno()`; a Jupyter kernel's `sys.stderr`
+    has no file descriptor, so the process's own stderr stands in while the trainer runs."""
+    try:
+        sys.stderr.fileno()
+        usable = True
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both an OSError and a ValueError
+        usable = False
+    if usable or sys.__stderr__ is None:
+        yield
+        return
+    saved, sys.stderr = sys.stderr, sys.__stderr__
+    try:
+        yield
+    finally:
+        sys.stderr = saved
+
+
 def train_tokenizer(docs: Mapping[str, Sequence[str]], *, vocab_size: int, sample_chars: int,
                     seed: int = 0) -> Tokenizer:
     """Trains a SentencePiece model on `sample_chars` characters of each domain (offline, deterministic)."""
@@ -158,7 +179,7 @@ def train_tokenizer(docs: Mapping[str, Sequence[str]], *, vocab_size: int, sampl
         raise InputError("the tokenizer sample is empty; set data.tokenizer_sample_chars > 0")
     out = io.BytesIO()
     try:
-        with open(os.devnull, "w") as log:
+        with open(os.devnull, "w") as log, _stderr_with_fileno():
             spm.SentencePieceTrainer.train(sentence_iterator=iter(sample), model_writer=out, logstream=log,
                                            vocab_size=vocab_size, **TRAINER_OPTIONS)
     except RuntimeError as e:
