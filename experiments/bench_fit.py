@@ -11,8 +11,9 @@ Figures: one full fit in a fresh process with compilation (`cold`), in a fresh p
 compilation cache is warm (`cold_cached`; temporary `BIMIX_JAX_CACHE_DIR`), and in-process once compiled
 (`warm`, median of --repeats); per-refit time of --n_boot bootstrap refits over runs (jax: one vmapped
 call; scipy: a loop over the same resamples); held-out error of both under both protocols; the fit cost
-each reaches. Fresh-process figures give the fit call alone (`fit_s`) and the whole process (`process_s`,
-interpreter start and imports included). Timings on a shared machine are noisy: compare ratios.
+each reaches. Fresh-process figures give the fit call alone (`fit_s`), a process that imports and fits (`process_s`,
+interpreter start and imports included) and the real binary end to end (`binary_s`: `python -m
+experiments.fit_law ... --out=fit.json`, flags, reading, fitting, writing, exit). Timings on a shared machine are noisy: compare ratios.
 """
 
 from __future__ import annotations
@@ -133,31 +134,43 @@ def _median_ms(fn, repeats: int) -> dict:
     return {"median_ms": statistics.median(times), "min_ms": min(times)}
 
 
-def _fresh_process(cache_dir: str, dtype: str, repeats: int) -> dict:
+def _run_fresh(args: list[str], cache_dir: str) -> tuple[float, str]:
+    """Wall seconds and stdout of one fresh process with its own persistent compilation cache."""
     env = dict(os.environ, BIMIX_JAX_CACHE_DIR=cache_dir, JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        res = subprocess.run([sys.executable, "-c", _CHILD, _LOSSES.value, _MODEL_SIZE.value, dtype], cwd=root,
-                             env=env, capture_output=True, text=True, check=True)
-        wall = time.perf_counter() - t0
-        runs.append({**json.loads(res.stdout.strip().splitlines()[-1]), "process_s": wall})
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True, text=True, check=True)
+    return time.perf_counter() - t0, res.stdout
+
+
+def _snippet(cache_dir: str, dtype: str) -> dict:
+    """The fit in a fresh process, broken down (import/read/fit seconds) with the whole process (`process_s`)."""
+    wall, stdout = _run_fresh(["-c", _CHILD, _LOSSES.value, _MODEL_SIZE.value, dtype], cache_dir)
+    return {**json.loads(stdout.strip().splitlines()[-1]), "process_s": wall}
+
+
+def _binary(cache_dir: str, dtype: str) -> float:
+    """Wall seconds of the real binary, `python -m experiments.fit_law ... --out=...`, end to end."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        wall, _ = _run_fresh(["-m", "experiments.fit_law", f"--losses={_LOSSES.value}", "--law=bimix",
+                              f"--model_size={_MODEL_SIZE.value}", f"--dtype={dtype}",
+                              f"--out={os.path.join(out_dir, 'fit.json')}"], cache_dir)
+    return wall
+
+
+def _median(runs: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def bench_cold(dtype: str) -> dict:
-    out = {}
+    """`cold`: every process with an empty cache (compilation included); `cold_cached`: with a warm one."""
     with tempfile.TemporaryDirectory() as cache:
-        cold = []
-        for i in range(_COLD_REPEATS.value):  # Each in its own empty cache: compilation included.
-            sub = os.path.join(cache, f"empty{i}")
-            cold.append(_fresh_process(sub, dtype, 1))
-        out["cold"] = {k: statistics.median(r[k] for r in cold) for k in cold[0]}
-        warm_cache = os.path.join(cache, "warm")
-        _fresh_process(warm_cache, dtype, 1)  # Populates the persistent cache.
-        out["cold_cached"] = _fresh_process(warm_cache, dtype, _COLD_REPEATS.value)
-    return out
+        cold = [{**_snippet(os.path.join(cache, f"snippet{i}"), dtype),
+                 "binary_s": _binary(os.path.join(cache, f"binary{i}"), dtype)} for i in range(_COLD_REPEATS.value)]
+        warm = os.path.join(cache, "warm")
+        _binary(warm, dtype)  # Populates the persistent cache.
+        cached = [{**_snippet(warm, dtype), "binary_s": _binary(warm, dtype)} for _ in range(_COLD_REPEATS.value)]
+    return {"cold": _median(cold), "cold_cached": _median(cached)}
 
 
 def main(argv: Sequence[str]) -> None:

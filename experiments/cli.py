@@ -7,13 +7,17 @@
 * the persistent JAX compilation cache is enabled before `main` runs (so a second process reuses
   compiled programs), unless `BIMIX_JAX_CACHE_DIR` is set to an empty string;
 * `jax.distributed.initialize()` is called when `BIMIX_JAX_DISTRIBUTED=1` (multi-host TPU/GPU pods:
-  JAX's multi-controller runtime; every host runs the same command).
+  JAX's multi-controller runtime; every host runs the same command);
+* after `main` returns, the heap is frozen (`gc.freeze`), which spares the interpreter's final garbage
+  collection at exit (~0.2 s of a short binary's wall time).
 
 The library never reads flags: binaries turn flags and configs into plain arguments.
 """
 
 from __future__ import annotations
 
+import gc
+import logging as std_logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -71,6 +75,15 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     return rest
 
 
+def quiet_orbax_logs() -> None:
+    """Drops orbax's per-save INFO lines from the progress log of training binaries (warnings stay)."""
+
+    def keep(record: std_logging.LogRecord) -> bool:
+        return record.levelno > std_logging.INFO or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+    logging.get_absl_logger().addFilter(keep)
+
+
 def setup_jax() -> None:
     """Process-wide JAX settings owned by binaries (never by the library)."""
     import jax
@@ -99,5 +112,8 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
             main(argv)
         except InputError as e:
             fail(str(e))
+        # The work is done and written. Freezing the heap spares the interpreter's final garbage
+        # collection over JAX's many objects (~0.2 s per process); atexit handlers still run.
+        gc.freeze()
 
     app.run(_main, flags_parser=_parse_flags)

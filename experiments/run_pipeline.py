@@ -13,11 +13,9 @@ workdir) is one line on stderr and exit code 2.
 
 from __future__ import annotations
 
-import logging as std_logging
-import os
 from collections.abc import Sequence
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
@@ -28,18 +26,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the pipeline (created
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietOrbax:
-    """Drops orbax's per-save INFO lines from the progress log (warnings and errors stay)."""
-
-    def filter(self, record) -> bool:
-        return record.levelno > std_logging.INFO or f"{os.sep}orbax{os.sep}" not in record.pathname
-
 
 def main(argv: Sequence[str]) -> None:
     del argv
     from bimix_jax import pipeline  # After cli.run has set up JAX.
 
-    logging.get_absl_logger().addFilter(_QuietOrbax())
+    cli.quiet_orbax_logs()
     result = pipeline.run_pipeline(_CONFIG.value, _WORKDIR.value)
     rep = result.report
     print("recommended mixture: " + ", ".join(f"{d}={p:.4f}" for d, p in result.mixture.items())

@@ -9,11 +9,10 @@ prepared data under `data/`. Bad input is one line on stderr and exit code 2, wi
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 from collections.abc import Sequence
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
@@ -24,18 +23,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run (created; rer
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietOrbax:
-    """Drops orbax's per-save INFO lines from the progress log (warnings and errors stay)."""
-
-    def filter(self, record) -> bool:
-        return record.levelno > std_logging.INFO or f"{os.sep}orbax{os.sep}" not in record.pathname
-
 
 def main(argv: Sequence[str]) -> None:
     del argv
     from bimix_jax import train  # After cli.run has set up JAX.
 
-    logging.get_absl_logger().addFilter(_QuietOrbax())
+    cli.quiet_orbax_logs()
     result = train.train_from_config(_CONFIG.value, _WORKDIR.value)
     state = "was already complete" if result.already_complete else "finished"
     print(f"run {result.run_name} ({result.model_size} non-embedding parameters) {state} at step {result.steps}; "

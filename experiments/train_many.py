@@ -13,11 +13,10 @@ with nothing written.
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 from collections.abc import Sequence
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
@@ -34,12 +33,6 @@ _VMAP = flags.DEFINE_bool("vmap", True, "Train the runs in one vmapped program; 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietOrbax:
-    """Drops orbax's per-save INFO lines from the progress log (warnings and errors stay)."""
-
-    def filter(self, record) -> bool:
-        return record.levelno > std_logging.INFO or f"{os.sep}orbax{os.sep}" not in record.pathname
-
 
 def _seeds() -> list[int] | None:
     if not _SEEDS.value:
@@ -54,7 +47,7 @@ def main(argv: Sequence[str]) -> None:
     del argv
     from bimix_jax import train, train_many  # After cli.run has set up JAX.
 
-    logging.get_absl_logger().addFilter(_QuietOrbax())
+    cli.quiet_orbax_logs()
     results = train_many.train_many_from_config(_CONFIG.value, _WORKDIR.value, _MIXTURES.value,
                                                 run_names=_RUN_NAMES.value or None, seeds=_seeds(),
                                                 vmap=_VMAP.value)

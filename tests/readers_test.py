@@ -161,7 +161,6 @@ def test_zstd_without_zstandard_is_a_clear_error(tmp_path):
             load_corpus(DataSpec(source="jsonl", path=str(tmp_path / "x.jsonl.zst")))
         _one_line_error(e, "x.jsonl.zst", "pip install zstandard")
     else:
-        import zstandard
         data = "".join(json.dumps(r) + "\n" for r in _pile_records(3)).encode()
         (tmp_path / "x.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(data))
         docs, _, _ = read_documents(DataSpec(source="jsonl", path=str(tmp_path / "x.jsonl.zst")))
