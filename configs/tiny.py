@@ -1,4 +1,5 @@
-"""Tiny CPU run on the embedded corpus: about a minute on 2 cores, data preparation included.
+"""Tiny CPU run on the embedded corpus: about 20 s on a quiet 2-core CPU (a minute on a busy one), data
+preparation included.
 
     python -m experiments.train --config=configs/tiny.py --workdir=workdirs/tiny
     python -m experiments.train --config=configs/tiny.py:runlocal --workdir=/tmp/tiny   # seconds: smoke test
