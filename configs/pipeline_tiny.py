@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Train the first candidate again with this many other seeds (train.seed + 1, ...), to measure how much
     # the average validation loss varies from seed to seed (the yardstick of the comparison); 0 = not measured.
     p.noise_seeds = 2
-    # Train the candidates in one vmapped program (bimix_jax.train_many): pays off on an accelerator that
+    # Train the candidates in one vmapped program (bimix_jax.train.many): pays off on an accelerator that
     # one tiny model leaves idle; on a CPU it gives no speed-up (see the README), so it is off here.
     p.vmap = False
     # First step whose checkpoints are used to fit and evaluate the law. The warmup's checkpoints

@@ -86,7 +86,7 @@ def _rate(n: int, times: list[tuple[float, float]]) -> dict:
 def main(argv: Sequence[str]) -> None:
     del argv
     from bimix_jax.data import embedded
-    from bimix_jax.mixture import embed, entropy
+    from bimix_jax.entropy import counts as entropy_counts, vne
 
     n, reps = _TOKENS.value, max(1, _REPEATS.value)
     threads = [int(t) for t in _THREADS.value]
@@ -96,13 +96,13 @@ def main(argv: Sequence[str]) -> None:
             x = gen(n, vocab)
             row = {"stream": name, "vocab_size": vocab}
             for t in threads:
-                times, r = _timed(lambda: entropy.token_entropies(x, vocab, threads=t), reps)
+                times, r = _timed(lambda: entropy_counts.token_entropies(x, vocab, threads=t), reps)
                 row[f"threads_{t}"] = _rate(n, times)
             row.update(se=round(r.se, 4), ce=round(r.ce, 4), je=round(r.je, 4), bigram_types=r.bigram_types,
-                       dense=entropy.BigramCounter(vocab).dense)
+                       dense=entropy_counts.BigramCounter(vocab).dense)
             m = min(n, _COUNTER_TOKENS.value)
             times, ref = _timed(lambda: counter_entropies(x[:m]), 1)
-            part = entropy.token_entropies(x[:m], vocab)
+            part = entropy_counts.token_entropies(x[:m], vocab)
             assert abs(ref[2] - part.je) < 1e-9 and abs(ref[0] - part.se) < 1e-9
             row["counter"] = {"tokens_timed": m, "tokens_per_s": round(m / times[0][0]),
                               "extrapolated_seconds_for_stream": round(times[0][0] * n / m, 2)}
@@ -116,22 +116,22 @@ def main(argv: Sequence[str]) -> None:
     row = {"vocab_size": vocab, "domains": len(streams), "tokens": total,
            "streams": "iid_zipf and words alternating"}
     for w in sorted({1, os.cpu_count() or 1}):
-        times, _ = _timed(lambda: entropy.entropy_report(streams, vocab, workers=w), reps)
+        times, _ = _timed(lambda: entropy_counts.entropy_report(streams, vocab, workers=w), reps)
         row[f"workers_{w}"] = _rate(total, times)
     out["domains_in_parallel"] = row
     print(json.dumps(row), flush=True)
     out["dense_vs_sparse"] = []
     for vocab in map(int, _DENSE_VOCABS.value):
         x = iid_zipf(n, vocab)
-        row = {"vocab_size": vocab, "auto": "dense" if entropy.BigramCounter(vocab).dense else "sparse"}
+        row = {"vocab_size": vocab, "auto": "dense" if entropy_counts.BigramCounter(vocab).dense else "sparse"}
         for dense in (True, False):
-            times, _ = _timed(lambda: entropy.token_entropies(x, vocab, dense=dense, threads=1), reps)
+            times, _ = _timed(lambda: entropy_counts.token_entropies(x, vocab, dense=dense, threads=1), reps)
             row["dense" if dense else "sparse"] = _rate(n, times)
         out["dense_vs_sparse"].append(row)
         print(json.dumps(row), flush=True)
     docs = {d: embedded.embedded_documents(d, seed=0, chars=_VNE_CHARS.value) for d in embedded.DOMAINS}
     ndocs, nchars = sum(map(len, docs.values())), sum(len(t) for v in docs.values() for t in v)
-    times, vne = _timed(lambda: {d: embed.domain_vne(v, domain=d)["vne"] for d, v in docs.items()}, reps)
+    times, vne = _timed(lambda: {d: vne.domain_vne(v, domain=d)["vne"] for d, v in docs.items()}, reps)
     wall = [t for t, _ in times]
     out["vne"] = {"docs": ndocs, "chars": nchars, "best_docs_per_s": round(ndocs / min(wall)),
                   "best_chars_per_s": round(nchars / min(wall)), "seconds": [round(t, 4) for t in wall],

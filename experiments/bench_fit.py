@@ -98,7 +98,7 @@ def scipy_predict(theta, r, s):
 
 def scipy_heldout(table, report: dict) -> dict:
     """The scipy fit scored on exactly the held-out rows (and domains) of one of our protocol reports."""
-    from bimix_jax.laws import evaluate
+    from bimix_jax.laws import protocols
 
     pts = report["points"]
     key = {(r, s, e) for r, s, e in zip(pts["run"], pts["step"], pts["eval_domain"])}
@@ -115,10 +115,10 @@ def scipy_heldout(table, report: dict) -> dict:
         mix = table.mixtures()
         pred = np.array([scipy_predict(fits[e][0], mix[pts["run"][i]][j], pts["step"][i]) for i in rows])
         obs = np.array([pts["observed"][i] for i in rows])
-        per_domain[e] = evaluate.metrics(obs, pred)
+        per_domain[e] = protocols.metrics(obs, pred)
         obs_all.append(obs)
         pred_all.append(pred)
-    return {"per_domain": per_domain, **evaluate.summarise(per_domain, np.concatenate(obs_all),
+    return {"per_domain": per_domain, **protocols.summarise(per_domain, np.concatenate(obs_all),
                                                            np.concatenate(pred_all))}
 
 
@@ -178,8 +178,9 @@ def main(argv: Sequence[str]) -> None:
     import jax
 
     from bimix_jax import loss_table
-    from bimix_jax.laws import evaluate, fit, solver
+    from bimix_jax.laws import fit
 
+    from bimix_jax.laws import levenberg_marquardt as lm, protocols
     table = loss_table.read_csv(_LOSSES.value, model_size=_MODEL_SIZE.value)
     domains = list(table.eval_domains)
     result = {"table": os.path.basename(_LOSSES.value), "model_size": _MODEL_SIZE.value, "law": "bimix",
@@ -202,7 +203,7 @@ def main(argv: Sequence[str]) -> None:
     boot = lambda dtype: fit.fit_bootstrap(table, "bimix", n_boot=_N_BOOT.value, seed=0, dtype=dtype)  # noqa: E731
     boot("float64")
     boot("float32")
-    solve_only = lambda: solver.solve_batched(prep.problem.model, prep.x, prep.logy, w, prep.options)  # noqa: E731
+    solve_only = lambda: lm.solve_batched(prep.problem.model, prep.x, prep.logy, w, prep.options)  # noqa: E731
     jax_boot = _median_ms(lambda: boot("float64"), 3)
     jax_boot_solve = _median_ms(solve_only, 3)
     jax_boot32 = _median_ms(lambda: boot("float32"), 3)
@@ -235,7 +236,7 @@ def main(argv: Sequence[str]) -> None:
     full = loss_table.read_csv(_LOSSES.value)
     held = {}
     for protocol in ("last_step", "mixtures"):
-        report = evaluate.evaluate(full, "bimix", protocol, model_size=_MODEL_SIZE.value)
+        report = protocols.evaluate(full, "bimix", protocol, model_size=_MODEL_SIZE.value)
         sc = scipy_heldout(table, report)
         keep = ("mean", "worst")
         held[protocol] = {"jax": {k: report[k] for k in keep}, "scipy": {k: sc[k] for k in keep},

@@ -22,7 +22,7 @@ Parts:
   (`log_softmax` indexing, `jax.nn.dot_product_attention`), to show what the rewrite in
   `bimix_jax/model.py` gained;
 * `torch`: the PyTorch step, timed in turns with the JAX step;
-* `group`: for each K, one vmapped step of K runs (`bimix_jax.train_many`) against K single steps.
+* `group`: for each K, one vmapped step of K runs (`bimix_jax.train.many`) against K single steps.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class _JaxSetup:
         from jax.sharding import NamedSharding, PartitionSpec as P
 
         from bimix_jax.data import sampler
-        from bimix_jax.train import _mesh, compiled_programs
+        from bimix_jax.train.loop import _mesh, compiled_programs
 
         self.spec, t = spec, spec.train
         tokens = _synthetic_tokens(vocab_size)
@@ -148,7 +148,7 @@ class _JaxSetup:
         """The train step with `_loss_as_first_written` (same optimizer, sampler and shardings)."""
         import jax
 
-        from bimix_jax import train_state
+        from bimix_jax.train import state as train_state
 
         fn = train_state._step_fn(self.cfg, self.spec, None)
 
@@ -208,7 +208,7 @@ def bench_group(setup: _JaxSetup, sizes: Sequence[int], steps: int, repeats: int
     import jax
     import jax.numpy as jnp
 
-    from bimix_jax.train_many import group_programs
+    from bimix_jax.train.many import group_programs
 
     group = group_programs(setup.cfg, setup.spec, setup.mesh, setup.D)
     single = setup.train_step
@@ -334,7 +334,7 @@ def main(argv: Sequence[str]) -> None:
     del argv
     import jax
 
-    from bimix_jax.train_state import RunSpec
+    from bimix_jax.train.state import RunSpec
     from configs import tiny
 
     jax.config.update("jax_enable_compilation_cache", False)  # compile times are measured

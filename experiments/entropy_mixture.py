@@ -38,19 +38,19 @@ def main(argv: Sequence[str]) -> None:
     from bimix_jax.data.prepare import prepare_data
     from bimix_jax.data.spec import DataSpec
     from bimix_jax.errors import InputError
-    from bimix_jax.mixture import entropy
-    from bimix_jax.mixture.embed import EmbedConfig
+    from bimix_jax.entropy import counts as entropy_counts
+    from bimix_jax.entropy.vne import EmbedConfig
 
     spec = DataSpec.from_config(_CONFIG.value.data)
     # Check the cheap flags before preparing data (which may write the workdir).
-    entropy.entropy_mixture({"_": 0.0}, _TEMPERATURE.value)
+    entropy_counts.entropy_mixture({"_": 0.0}, _TEMPERATURE.value)
     if _SEQUENCE_LENGTH.value < 0 or _SEQUENCE_LENGTH.value == 1:
         raise InputError(f"--sequence_length={_SEQUENCE_LENGTH.value} must be 0 or >= 2")
     if _MAX_DOCS.value < 1:
         raise InputError(f"--vne_max_docs={_MAX_DOCS.value} must be >= 1")
     data = prepare_data(spec, _WORKDIR.value)
     toks = data.tokens
-    report = entropy.entropy_report(
+    report = entropy_counts.entropy_report(
         {d: toks.train[d] for d in toks.domains}, toks.vocab_size,
         {d: data.corpus.documents(d, "train") for d in toks.domains}, proxy=_PROXY.value,
         temperature=_TEMPERATURE.value, sequence_length=_SEQUENCE_LENGTH.value, max_docs=_MAX_DOCS.value,

@@ -81,12 +81,13 @@ def main(argv: Sequence[str]) -> None:
 
     start = time.perf_counter()
     table = loss_table.read_csv(_LOSSES.value)
-    from bimix_jax.laws import evaluate, fit  # After the table checks: a bad table fails fast.
+    from bimix_jax.laws import fit  # After the table checks: a bad table fails fast.
+    from bimix_jax.laws import protocols
 
     if _HOLDOUT_RUNS.value:  # Fail before fitting.
-        evaluate.check_runs(table.for_model_size(_MODEL_SIZE.value), _HOLDOUT_RUNS.value)
+        protocols.check_runs(table.for_model_size(_MODEL_SIZE.value), _HOLDOUT_RUNS.value)
     if _PLOT.value:
-        from bimix_jax import plots
+        from bimix_jax.pipeline import plots
 
         plots.check_format(_PLOT.value)
 
@@ -99,8 +100,8 @@ def main(argv: Sequence[str]) -> None:
     report = None
     if _HOLDOUT.value:
         sub = table.for_eval_domains(_EVAL_DOMAINS.value) if _EVAL_DOMAINS.value else table
-        report = evaluate.evaluate(sub, law, _HOLDOUT.value, holdout_runs=_HOLDOUT_RUNS.value, **options)
-    fitted = evaluate.attach(fitted, report)
+        report = protocols.evaluate(sub, law, _HOLDOUT.value, holdout_runs=_HOLDOUT_RUNS.value, **options)
+    fitted = protocols.attach(fitted, report)
     figure = None
     if _PLOT.value:
         rows = table.for_model_size(_MODEL_SIZE.value)

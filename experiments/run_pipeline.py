@@ -6,7 +6,7 @@
 
 Writes `<workdir>/report.md`, `report.json` and `plots/*.png`, with everything needed to reproduce them
 (`pipeline.json`, `provenance.json`, `data/`, `runs/<candidate>/`, `runs/optimized/`, `losses*.csv`,
-`fit.json`, `mixture.json`, `mixture_exports/`, `stages/`); see `bimix_jax/pipeline.py`. Bad input (a
+`fit.json`, `mixture.json`, `mixture_exports/`, `stages/`); see `bimix_jax/pipeline/run.py`. Bad input (a
 config override, a workdir holding another config's runs, a corrupted checkpoint, an unwritable
 workdir) is one line on stderr and exit code 2.
 """
@@ -29,7 +29,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from bimix_jax import pipeline  # After cli.run has set up JAX.
+    from bimix_jax.pipeline import run as pipeline  # After cli.run has set up JAX.
 
     cli.quiet_orbax_logs()
     result = pipeline.run_pipeline(_CONFIG.value, _WORKDIR.value)

@@ -26,13 +26,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from bimix_jax import train  # After cli.run has set up JAX.
+    from bimix_jax.train import loop as train_loop  # After cli.run has set up JAX.
 
     cli.quiet_orbax_logs()
-    result = train.train_from_config(_CONFIG.value, _WORKDIR.value)
+    result = train_loop.train_from_config(_CONFIG.value, _WORKDIR.value)
     state = "was already complete" if result.already_complete else "finished"
     print(f"run {result.run_name} ({result.model_size} non-embedding parameters) {state} at step {result.steps}; "
-          f"loss table {os.path.join(result.workdir, train.LOSSES_FILE)}")
+          f"loss table {os.path.join(result.workdir, train_loop.LOSSES_FILE)}")
     for domain, loss in result.final_losses.items():
         print(f"  {domain:>16s}  {loss:.4f}")
 

@@ -45,7 +45,7 @@ def _seeds() -> list[int] | None:
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from bimix_jax import train, train_many  # After cli.run has set up JAX.
+    from bimix_jax.train import loop as train_loop, many as train_many  # After cli.run has set up JAX.
 
     cli.quiet_orbax_logs()
     results = train_many.train_many_from_config(_CONFIG.value, _WORKDIR.value, _MIXTURES.value,
@@ -55,7 +55,7 @@ def main(argv: Sequence[str]) -> None:
         state = "was already complete" if r.already_complete else "finished"
         losses = ", ".join(f"{d} {x:.4f}" for d, x in r.final_losses.items())
         print(f"run {r.run_name} ({r.model_size} non-embedding parameters) {state} at step {r.steps}: {losses}; "
-              f"loss table {os.path.join(r.workdir, train.LOSSES_FILE)}")
+              f"loss table {os.path.join(r.workdir, train_loop.LOSSES_FILE)}")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from bimix_jax.checkpoint import Checkpointer
+from bimix_jax.train.checkpoint import Checkpointer
 from bimix_jax.errors import InputError
-from bimix_jax.train_state import TrainState
+from bimix_jax.train.state import TrainState
 
 
 def _state(seed: int) -> TrainState:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from bimix_jax.errors import InputError
-from bimix_jax.mixture import embed
-from bimix_jax.mixture.embed import EmbedConfig, domain_vne, embed_documents, von_neumann_entropy
+from bimix_jax.entropy import vne
+from bimix_jax.entropy.vne import EmbedConfig, domain_vne, embed_documents, von_neumann_entropy
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -20,7 +20,7 @@ DOCS = [
 
 
 def exact_features(text: str, orders=(3, 4, 5)) -> collections.Counter:
-    s = embed.normalize_text(text)
+    s = vne.normalize_text(text)
     feats = collections.Counter(("w", w) for w in s.split())
     for n in orders:
         feats.update(("c", s[i:i + n]) for i in range(len(s) - n + 1))
@@ -83,12 +83,12 @@ def test_projection_preserves_the_cosine_of_exact_ngram_features():
 
 
 def test_subsample_is_seeded_sorted_and_bounded():
-    a = embed.subsample(1000, 100, seed=0, domain="web")
+    a = vne.subsample(1000, 100, seed=0, domain="web")
     assert a.size == 100 and np.all(np.diff(a) > 0) and a.max() < 1000
-    np.testing.assert_array_equal(a, embed.subsample(1000, 100, seed=0, domain="web"))
-    assert not np.array_equal(a, embed.subsample(1000, 100, seed=1, domain="web"))
-    assert not np.array_equal(a, embed.subsample(1000, 100, seed=0, domain="code"))
-    np.testing.assert_array_equal(embed.subsample(50, 100), np.arange(50))
+    np.testing.assert_array_equal(a, vne.subsample(1000, 100, seed=0, domain="web"))
+    assert not np.array_equal(a, vne.subsample(1000, 100, seed=1, domain="web"))
+    assert not np.array_equal(a, vne.subsample(1000, 100, seed=0, domain="code"))
+    np.testing.assert_array_equal(vne.subsample(50, 100), np.arange(50))
     r = domain_vne(DOCS * 30, domain="web", max_docs=20)
     assert r["docs_used"] == 20 and r["docs_total"] == 150
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bimix_jax.data.prepare import load_prepared
-from bimix_jax.mixture import entropy
+from bimix_jax.entropy import counts as entropy_counts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "tiny.py") + ":runlocal"
@@ -40,7 +40,7 @@ def test_writes_entropies_mixtures_and_consistency(workdir):
     for d in toks.domains:
         e = rep["entropy"][d]
         assert e["tokens"] == toks.train[d].size and e["pairs"] == toks.train[d].size - 1
-        ref = entropy.token_entropies(toks.train[d], toks.vocab_size)
+        ref = entropy_counts.token_entropies(toks.train[d], toks.vocab_size)
         assert (e["se"], e["ce"], e["je"]) == pytest.approx((ref.se, ref.ce, ref.je), abs=1e-12)
         assert 0 < e["ce"] < e["se"] < e["je"] and 0 < e["vne"] <= math.log(e["vne_docs_used"]) + 1e-9
         assert e["vne_docs_used"] == len(data.corpus.documents(d, "train"))

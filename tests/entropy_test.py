@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bimix_jax.errors import InputError
-from bimix_jax.mixture import entropy
-from bimix_jax.mixture.entropy import BigramCounter, entropy_mixture, token_entropies
+from bimix_jax.entropy import counts as entropy_counts
+from bimix_jax.entropy.counts import BigramCounter, entropy_mixture, token_entropies
 
 
 def counter_reference(x: np.ndarray) -> tuple[float, float, float]:
@@ -84,7 +84,7 @@ def test_se_is_the_marginal_of_the_counted_pairs_not_of_all_tokens():
 def test_streaming_in_chunks_equals_one_shot_exactly(data, cuts, flush, threads):
     x = np.array(data, np.int32)
     one = token_entropies(x, 10, dense=False, threads=1)
-    with mock.patch.object(entropy, "_MIN_PARALLEL", 4):  # Key ranges and merges on tiny data too.
+    with mock.patch.object(entropy_counts, "_MIN_PARALLEL", 4):  # Key ranges and merges on tiny data too.
         counter = BigramCounter(10, dense=False, flush_tokens=flush, threads=threads)
         for chunk in np.split(x, sorted(c for c in cuts if c <= len(x))):
             counter.update(chunk)
@@ -170,7 +170,7 @@ def test_report_consistency_constant_is_the_same_for_every_domain():
               "zipf": (rng.zipf(1.5, size=30_000) % 64).astype(np.int32),
               "repeat": np.tile(np.arange(8, dtype=np.int32), 2000)}
     for temperature in (1.0, 0.5):
-        rep = entropy.entropy_report(tokens, 64, temperature=temperature, proxy="je")
+        rep = entropy_counts.entropy_report(tokens, 64, temperature=temperature, proxy="je")
         cons = rep["consistency"]
         assert cons["spread"] < 1e-12
         lse = {m: math.log(sum(math.exp(rep["entropy"][d][m] / temperature) for d in tokens))
@@ -184,10 +184,10 @@ def test_report_consistency_constant_is_the_same_for_every_domain():
 def test_report_refuses_bad_arguments_before_counting():
     tokens = {"a": np.arange(10, dtype=np.int32)}
     with pytest.raises(InputError, match="proxy='xe' is unknown"):
-        entropy.entropy_report(tokens, 10, proxy="xe")
+        entropy_counts.entropy_report(tokens, 10, proxy="xe")
     with pytest.raises(InputError, match="proxy=vne needs the documents"):
-        entropy.entropy_report(tokens, 10, proxy="vne")
+        entropy_counts.entropy_report(tokens, 10, proxy="vne")
     with pytest.raises(InputError, match="domain 'a' has tokens but no documents"):
-        entropy.entropy_report(tokens, 10, {"b": ["text"]})
+        entropy_counts.entropy_report(tokens, 10, {"b": ["text"]})
     with pytest.raises(InputError, match="domain 'a' has token id 10"):
-        entropy.entropy_report({"a": np.array([1, 10], np.int32)}, 10)
+        entropy_counts.entropy_report({"a": np.array([1, 10], np.int32)}, 10)

@@ -5,8 +5,9 @@ import pytest
 
 from bimix_jax import loss_table
 from bimix_jax.errors import InputError
-from bimix_jax.laws import fit, fit_bootstrap, fit_law, solver
+from bimix_jax.laws import fit, fit_bootstrap, fit_law
 
+from bimix_jax.laws import levenberg_marquardt as lm
 DOMAINS = ("code", "books", "web")
 TRUE = {"a": np.array([900.0, 150.0, 120.0]), "c": np.array([1.1, 2.9, 2.8]),
         "alpha": np.array([0.11, 0.03, 0.06]), "beta": np.array([0.8, 0.55, 0.5])}
@@ -36,16 +37,16 @@ def test_linear_pair_grid_solves_the_linear_coefficients_exactly():
     y = 2.5 * x ** -0.7 + 1.3  # y = a x' + c with x' = x^-0.7
     betas = np.array([0.3, 0.7, 1.1])
     w = np.stack([np.ones(30), np.r_[np.ones(15), np.zeros(15)]])  # Two weight vectors (e.g. resamples).
-    a, c, cost = solver.linear_pair_grid((1.0 / y)[None, :], x[None, :] ** -betas[:, None], w)
-    i, j = solver.best_cells(cost, 2)
+    a, c, cost = lm.linear_pair_grid((1.0 / y)[None, :], x[None, :] ** -betas[:, None], w)
+    i, j = lm.best_cells(cost, 2)
     assert a.shape == (2, 1, 3) and np.all(j[:, 0] == 1) and np.all(np.abs(cost[:, 0, 1]) < 1e-12)
-    np.testing.assert_allclose(solver.take(a, i, j)[:, 0], 2.5, rtol=1e-10)
-    np.testing.assert_allclose(solver.take(c, i, j)[:, 0], 1.3, rtol=1e-10)
+    np.testing.assert_allclose(lm.take(a, i, j)[:, 0], 2.5, rtol=1e-10)
+    np.testing.assert_allclose(lm.take(c, i, j)[:, 0], 1.3, rtol=1e-10)
     assert np.all(a >= 0) and np.all(c >= 0)  # Positivity is enforced on every cell.
 
 
 def test_pad_rows_buckets():
-    assert [solver.pad_rows(n) for n in (1, 8, 9, 100, 128, 129, 700)] == [8, 8, 16, 128, 128, 256, 768]
+    assert [lm.pad_rows(n) for n in (1, 8, 9, 100, 128, 129, 700)] == [8, 8, 16, 128, 128, 256, 768]
 
 
 def test_fit_is_deterministic_and_domains_do_not_interact(noisy):
@@ -132,7 +133,7 @@ def test_bootstrap_redraws_resamples_that_cannot_identify_the_law():
 
 def test_a_failed_fit_is_an_input_error_not_garbage(noisy):
     prep = fit.prepare(noisy, "bimix")
-    sol = solver.solve(prep.problem.model, prep.x, prep.logy, prep.w, prep.options)
+    sol = lm.solve(prep.problem.model, prep.x, prep.logy, prep.w, prep.options)
     broken = sol._replace(cost=np.where(np.arange(3) == 1, np.inf, sol.cost))
     with pytest.raises(InputError, match="fit of eval domain 'books' failed"):
         fit.finish(prep, broken)

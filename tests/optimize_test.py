@@ -17,15 +17,16 @@ from hypothesis import strategies as st
 
 from bimix_jax.errors import InputError
 from bimix_jax.laws.fit import fit_law
-from bimix_jax.mixture import constraints, optimize, solvers, uncertainty
+from bimix_jax.mixture import constraints, optimize, uncertainty
+from bimix_jax.mixture import bimix_optimum
 from tests import mixture_testlib as tl
 
 D = 5
 DOMAINS = tl.domains(D)
 MODEL = tl.BimixDouble(DOMAINS, DOMAINS)
 OWN = jnp.arange(D)
-exact = jax.jit(solvers.bimix_exact)
-pg = jax.jit(functools.partial(solvers.projected_gradient, MODEL))
+exact = jax.jit(bimix_optimum.bimix_exact)
+pg = jax.jit(functools.partial(bimix_optimum.projected_gradient, MODEL))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,9 +42,9 @@ def objective_np(params, r_MxD, s, w):
 
 
 def kkt(params, s, w, r, lo, hi):
-    g = jax.grad(lambda r_: solvers.objective(MODEL, params, r_, s, w))(r)
-    f = solvers.objective(MODEL, params, r, s, w)
-    return solvers.kkt(g, r, lo, hi, f)
+    g = jax.grad(lambda r_: bimix_optimum.objective(MODEL, params, r_, s, w))(r)
+    f = bimix_optimum.objective(MODEL, params, r, s, w)
+    return bimix_optimum.kkt(g, r, lo, hi, f)
 
 
 vec = functools.partial(st.lists, min_size=D, max_size=D)
@@ -100,8 +101,8 @@ def test_projected_gradient_equals_exact_on_22_domains(capped):
     w, s = jnp.asarray(rng.dirichlet(np.ones(n))), jnp.asarray(3e4)
     lo = jnp.full(n, 1e-4)
     hi = jnp.asarray(rng.uniform(1.1 / n, 2.0 / n, n)) if capped else jnp.ones(n)
-    r_exact, _ = jax.jit(solvers.bimix_exact)(params, jnp.arange(n), s, w, lo, hi)
-    r_pg, _, _ = jax.jit(functools.partial(solvers.projected_gradient, model))(params, s, w, lo, hi)
+    r_exact, _ = jax.jit(bimix_optimum.bimix_exact)(params, jnp.arange(n), s, w, lo, hi)
+    r_pg, _, _ = jax.jit(functools.partial(bimix_optimum.projected_gradient, model))(params, s, w, lo, hi)
     np.testing.assert_allclose(r_pg, r_exact, atol=1e-6)
     assert (not capped) or np.sum(np.asarray(r_exact) >= np.asarray(hi) - 1e-12) >= 3
 
@@ -121,7 +122,7 @@ def test_grid_search_on_3_domains_finds_nothing_better(constrained):
     w, s = np.array([0.5, 0.3, 0.2]), 2e4
     lo = np.array([1e-4, 0.2, 1e-4]) if constrained else np.full(3, 1e-4)
     hi = np.array([0.35, 1.0, 1.0]) if constrained else np.ones(3)
-    r, _ = jax.jit(solvers.bimix_exact)(as_params(params), jnp.arange(3), jnp.asarray(s), jnp.asarray(w),
+    r, _ = jax.jit(bimix_optimum.bimix_exact)(as_params(params), jnp.arange(3), jnp.asarray(s), jnp.asarray(w),
                                         jnp.asarray(lo), jnp.asarray(hi))
     r = np.asarray(r)
     grid = simplex_grid(1000)
@@ -140,14 +141,14 @@ def test_grid_search_for_a_law_with_transfer_terms():
     params = {k: jnp.asarray(v) for k, v in fitted.params.items()}
     w = jnp.asarray([0.2, 0.5, 0.3])
     lo, hi = jnp.zeros(3), jnp.asarray([1.0, 0.3, 1.0])
-    r, _, _ = jax.jit(functools.partial(solvers.projected_gradient, model))(params, jnp.asarray(1.0), w, lo, hi)
+    r, _, _ = jax.jit(functools.partial(bimix_optimum.projected_gradient, model))(params, jnp.asarray(1.0), w, lo, hi)
     grid = simplex_grid(1000)
     grid = grid[grid[:, 1] <= 0.3]
     L = fitted.params["c"] + fitted.params["k"] * np.exp(grid @ fitted.params["t"].T)
-    best = float(solvers.objective(model, params, r, 1.0, w))
+    best = float(bimix_optimum.objective(model, params, r, 1.0, w))
     assert (L @ np.asarray(w)).min() >= best - 1e-12
-    g = jax.grad(lambda r_: solvers.objective(model, params, r_, 1.0, w))(r)
-    assert solvers.kkt(g, r, lo, hi, best)[2] < 1e-7
+    g = jax.grad(lambda r_: bimix_optimum.objective(model, params, r_, 1.0, w))(r)
+    assert bimix_optimum.kkt(g, r, lo, hi, best)[2] < 1e-7
 
 
 def test_equal_exponents_have_the_closed_form():
@@ -167,13 +168,13 @@ def test_unweighted_domains_sit_on_their_floor_and_absorb_what_caps_leave():
     params = as_params(tl.random_bimix_params(np.random.default_rng(6), 3))
     lo = jnp.full(3, 1e-4)
     w = jnp.asarray([1.0, 0.0, 0.0])
-    r, _ = jax.jit(solvers.bimix_exact)(params, jnp.arange(3), jnp.asarray(1e4), w, lo, jnp.ones(3))
+    r, _ = jax.jit(bimix_optimum.bimix_exact)(params, jnp.arange(3), jnp.asarray(1e4), w, lo, jnp.ones(3))
     np.testing.assert_allclose(r, [1 - 2e-4, 1e-4, 1e-4], atol=1e-12)
     # Without floors the weighted domain's cap (1) is exactly what the others leave: a flat root.
-    r, _ = jax.jit(solvers.bimix_exact)(params, jnp.arange(3), jnp.asarray(1e4), w, jnp.zeros(3), jnp.ones(3))
+    r, _ = jax.jit(bimix_optimum.bimix_exact)(params, jnp.arange(3), jnp.asarray(1e4), w, jnp.zeros(3), jnp.ones(3))
     np.testing.assert_allclose(r, [1.0, 0.0, 0.0], atol=1e-15)
     hi = jnp.asarray([0.5, 1.0, 0.3])  # d0 capped: the rest goes to d1 and d2 by their slack
-    r, _ = jax.jit(solvers.bimix_exact)(params, jnp.arange(3), jnp.asarray(1e4), w, lo, hi)
+    r, _ = jax.jit(bimix_optimum.bimix_exact)(params, jnp.arange(3), jnp.asarray(1e4), w, lo, hi)
     slack = np.array([0.0, 1.0 - 1e-4, 0.3 - 1e-4])
     np.testing.assert_allclose(r, np.array([0.5, 1e-4, 1e-4]) + (0.5 - 2e-4) * slack / slack.sum(), atol=1e-12)
     assert abs(float(r.sum()) - 1) < 1e-14
@@ -191,9 +192,9 @@ def test_implicit_gradient_matches_finite_differences():
 
     def readout(p, w_, hi_, solver):
         if solver == "exact":
-            r, _ = solvers.bimix_exact(p, OWN, s, w_, jnp.asarray(lo), hi_)
+            r, _ = bimix_optimum.bimix_exact(p, OWN, s, w_, jnp.asarray(lo), hi_)
         else:
-            r, _, _ = solvers.projected_gradient(MODEL, p, s, w_, jnp.asarray(lo), hi_)
+            r, _, _ = bimix_optimum.projected_gradient(MODEL, p, s, w_, jnp.asarray(lo), hi_)
         return jnp.dot(v, r)
 
     args = (as_params(params), jnp.asarray(w), jnp.asarray(hi))
@@ -229,7 +230,7 @@ def test_vmapped_exact_solver_matches_single_solves():
     batch = [tl.random_bimix_params(rng, D) for _ in range(6)]
     stacked = {k: jnp.asarray(np.stack([b[k] for b in batch])) for k in batch[0]}
     w, lo, hi = jnp.full(D, 1 / D), jnp.full(D, 1e-4), jnp.full(D, 0.35)
-    r_B, _ = jax.jit(jax.vmap(solvers.bimix_exact, in_axes=(0, None, None, None, None, None)))(
+    r_B, _ = jax.jit(jax.vmap(bimix_optimum.bimix_exact, in_axes=(0, None, None, None, None, None)))(
         stacked, OWN, jnp.asarray(1e4), w, lo, hi)
     for b, p in enumerate(batch):
         np.testing.assert_allclose(r_B[b], exact(as_params(p), OWN, jnp.asarray(1e4), w, lo, hi)[0], atol=1e-14)

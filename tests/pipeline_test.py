@@ -11,11 +11,12 @@ import textwrap
 import numpy as np
 import pytest
 
-from bimix_jax import analysis, atomic, loss_table, pipeline, report
+from bimix_jax import atomic, loss_table
+from bimix_jax.pipeline import report, run as pipeline, stages
 from bimix_jax.errors import InputError
 from bimix_jax.laws.base import FittedLaw
-from bimix_jax.mixture import entropy
-from bimix_jax.pipeline_spec import PipelineSpec, check_workdir_config
+from bimix_jax.entropy import counts as entropy_counts
+from bimix_jax.pipeline.spec import PipelineSpec, check_workdir_config
 from configs import pipeline_tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,8 +93,8 @@ def test_rerun_of_a_finished_pipeline_redoes_nothing(finished, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a finished stage was redone")
 
-    for module, name in ((entropy, "entropy_report"), (analysis, "fit_stage"), (analysis, "mixture_stage"),
-                         (analysis, "validation_stage"), (report, "write")):
+    for module, name in ((entropy_counts, "entropy_report"), (stages, "fit_stage"), (stages, "mixture_stage"),
+                         (stages, "validation_stage"), (report, "write")):
         monkeypatch.setattr(module, name, forbidden)
     w = finished.workdir
     before = {n: open(os.path.join(w, "runs", n, "metrics.jsonl")).read() for n in RUNS}
@@ -107,7 +108,8 @@ _KILL = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import jax
     jax.config.update("jax_compilation_cache_dir", sys.argv[4])
-    from bimix_jax import analysis, pipeline, run_log
+    from bimix_jax.pipeline import run as pipeline, stages
+    from bimix_jax.train import log as run_log
     from tests.pipeline_test import config
 
     def die(*args, **kwargs):
@@ -122,7 +124,7 @@ _KILL = textwrap.dedent("""
                 die()
         run_log.RunLog.eval = eval_then_die
     else:  # when the mixture stage starts (the fit stage is stored)
-        analysis.mixture_stage = die
+        stages.mixture_stage = die
     pipeline.run_pipeline(config(), sys.argv[2])
 """)
 
@@ -262,13 +264,13 @@ def test_spec_from_config_checks_types_and_fields():
 def test_duplicate_candidates_are_marked():
     domains = ("x", "y")
     named = {"baseline": np.array([0.5, 0.5]), "uniform": np.array([0.5, 0.5 + 1e-9]), "se": np.array([0.2, 0.8])}
-    cands = analysis.candidate_mixtures(domains, named, ["baseline", "uniform", "se"], [("mine", np.array([0.2, 0.8]))])
+    cands = stages.candidate_mixtures(domains, named, ["baseline", "uniform", "se"], [("mine", np.array([0.2, 0.8]))])
     assert [(c["name"], c["duplicate_of"]) for c in cands] == [("baseline", None), ("uniform", "baseline"),
                                                                ("se", None), ("mine", "se")]
 
 
 def test_workdir_config_check_allows_free_fields(tmp_path):
-    from bimix_jax.pipeline_spec import write_workdir_config
+    from bimix_jax.pipeline.spec import write_workdir_config
 
     cfg = config().to_dict()
     write_workdir_config(str(tmp_path), cfg, [])

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from bimix_jax import analysis, atomic, loss_table, provenance, report
+from bimix_jax import atomic, loss_table
+from bimix_jax.pipeline import provenance, report, stages
 from bimix_jax.laws.base import FittedLaw
 from bimix_jax.mixture import constraints, optimize
 
@@ -32,28 +33,28 @@ def run_table(name, r_D, seed, offset=0.0):
 
 
 @pytest.fixture(scope="module")
-def stages():
+def fitted_stages():
     tables = {n: run_table(n, r, i) for i, (n, r) in enumerate(CANDS.items())}
     cand_table = loss_table.concat(list(tables.values()))
-    fit = analysis.fit_stage(cand_table, min_step=MIN_STEP, options=analysis.fit_options(4, "l2", 0.05),
+    fit = stages.fit_stage(cand_table, min_step=MIN_STEP, options=stages.fit_options(4, "l2", 0.05),
                              leave_one_out=True)
     fitted = FittedLaw.from_json(fit["law"])
     bounds = constraints.make_bounds(DOMAINS, min_floor=0.01)
-    mix = atomic.to_jsonable(analysis.mixture_stage(
-        fitted, analysis.fit_table(cand_table, MIN_STEP), step=float(LAST), weights=None, bounds=bounds,
+    mix = atomic.to_jsonable(stages.mixture_stage(
+        fitted, stages.fit_table(cand_table, MIN_STEP), step=float(LAST), weights=None, bounds=bounds,
         baseline_D=np.array(CANDS["baseline"]), n_boot=8, seed=0))
     return tables, fit, fitted, mix, bounds
 
 
-def _inputs(stages, offset, duplicate=False):
-    tables, fit, fitted, mix, _ = stages
+def _inputs(fitted_stages, offset, duplicate=False):
+    tables, fit, fitted, mix, _ = fitted_stages
     r_opt = np.array([mix["mixture"][d] for d in DOMAINS])
     tables = {**tables, "optimized": run_table("optimized", r_opt, 9, offset)}
-    val = atomic.to_jsonable(analysis.validation_stage(fitted, tables, recommended="optimized", last_step=LAST,
+    val = atomic.to_jsonable(stages.validation_stage(fitted, tables, recommended="optimized", last_step=LAST,
                                                        min_step=MIN_STEP, weights=mix["weights"]))
     named = {n: np.array(r) for n, r in CANDS.items()}
     extras = [("dup", np.array(CANDS["x"]))] if duplicate else []
-    cands = analysis.candidate_mixtures(DOMAINS, {**named, "uniform": named["z"], "se": named["x"], "ce": named["y"],
+    cands = stages.candidate_mixtures(DOMAINS, {**named, "uniform": named["z"], "se": named["x"], "ce": named["y"],
                                                   "je": named["z"], "vne": named["z"]}, ["baseline", "se", "ce", "je"],
                                         extras)
     for c, name in zip(cands, ["baseline", "x", "y", "z", "dup"]):
@@ -70,8 +71,8 @@ def _inputs(stages, offset, duplicate=False):
         timing={"fit": 1.0}, provenance={"code": provenance.code_version(), "invocations": []}, files={"x": "ab"})
 
 
-def test_law_and_mixture_recover_the_truth(stages):
-    _, fit, fitted, mix, bounds = stages
+def test_law_and_mixture_recover_the_truth(fitted_stages):
+    _, fit, fitted, mix, bounds = fitted_stages
     for k, v in TRUE.items():
         np.testing.assert_allclose(fitted.params[k], v, rtol=0.25)
     true_law = FittedLaw("bimix", 1, DOMAINS, DOMAINS, TRUE)
@@ -88,8 +89,8 @@ def test_law_and_mixture_recover_the_truth(stages):
     assert all(q[d][0] <= q[d][1] <= q[d][2] for d in DOMAINS)
 
 
-def test_report_says_when_the_recommendation_wins(stages, tmp_path):
-    rep = report.write(str(tmp_path), _inputs(stages, offset=0.0))
+def test_report_says_when_the_recommendation_wins(fitted_stages, tmp_path):
+    rep = report.write(str(tmp_path), _inputs(fitted_stages, offset=0.0))
     ranks = {r["run"]: r["rank"] for r in rep["comparison"]}
     assert sorted(ranks) == sorted([*CANDS, "optimized"]) and sorted(ranks.values()) == [1, 2, 3, 4, 5]
     assert ranks["optimized"] == 1 and rep["verdict"].startswith("The recommended mixture has the lowest")
@@ -109,8 +110,8 @@ def test_report_says_when_the_recommendation_wins(stages, tmp_path):
     assert atomic.read_json(tmp_path / "report.json") == rep
 
 
-def test_report_says_when_a_candidate_beats_the_recommendation(stages, tmp_path):
-    rep = report.write(str(tmp_path), _inputs(stages, offset=0.05, duplicate=True))
+def test_report_says_when_a_candidate_beats_the_recommendation(fitted_stages, tmp_path):
+    rep = report.write(str(tmp_path), _inputs(fitted_stages, offset=0.05, duplicate=True))
     rec = next(r for r in rep["comparison"] if r["is_recommended"])
     best = rep["comparison"][0]
     assert rec["rank"] > 1 and best["run"] != "optimized"

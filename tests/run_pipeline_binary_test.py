@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from bimix_jax import atomic
-from bimix_jax.pipeline_spec import write_workdir_config
+from bimix_jax.pipeline.spec import write_workdir_config
 from configs import pipeline_tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

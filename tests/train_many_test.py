@@ -18,8 +18,8 @@ import pytest
 
 from bimix_jax import atomic, loss_table
 from bimix_jax.errors import InputError
-from bimix_jax.train import _mesh, train_run
-from bimix_jax.train_many import group_programs, train_many_from_config, train_runs
+from bimix_jax.train.loop import _mesh, train_run
+from bimix_jax.train.many import group_programs, train_many_from_config, train_runs
 from configs import tiny
 from train_test import SPEC, synthetic_tokens
 
@@ -151,8 +151,8 @@ _KILLED_GROUP = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
     from train_many_test import GSPEC, MIXES, NAMES, SEEDS, synthetic_tokens
-    from bimix_jax import run_log
-    from bimix_jax.train_many import train_runs
+    from bimix_jax.train import log as run_log
+    from bimix_jax.train.many import train_runs
     save = run_log.RunLog.save
     def save_then_die(log, count, state):  # SIGKILL once run a has saved step 10, before b and c save theirs
         save(log, count, state)

@@ -16,10 +16,10 @@ from bimix_jax import atomic, loss_table
 from bimix_jax.data import sampler
 from bimix_jax.data.tokens import DomainTokens
 from bimix_jax.errors import InputError
-from bimix_jax.evaluate_domains import build_eval_set
+from bimix_jax.train.evaluate import build_eval_set
 from bimix_jax.model import token_losses
-from bimix_jax.train import _mesh, compiled_programs, train_run
-from bimix_jax.train_state import ModelSpec, OptimSpec, RunSpec, TrainSpec, lr_schedule
+from bimix_jax.train.loop import _mesh, compiled_programs, train_run
+from bimix_jax.train.state import ModelSpec, OptimSpec, RunSpec, TrainSpec, lr_schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 64
@@ -187,8 +187,8 @@ _DATA_PARALLEL = textwrap.dedent("""
     import jax, numpy as np
     sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
     from train_test import SPEC, MIX, synthetic_tokens
-    from bimix_jax.train import train_run
-    from bimix_jax.train_many import train_runs
+    from bimix_jax.train.loop import train_run
+    from bimix_jax.train.many import train_runs
     assert len(jax.devices()) == 8, jax.devices()
     run = train_run(SPEC, synthetic_tokens(), MIX, os.path.join(sys.argv[2], "eight"), run_name="r1")
     assert len(run.state.params["embed"]["embedding"].sharding.device_set) == 8

@@ -25,7 +25,7 @@ from bimix_jax import atomic
 from bimix_jax.errors import InputError
 
 if TYPE_CHECKING:
-    from bimix_jax.laws.solver import SolverOptions
+    from bimix_jax.laws.levenberg_marquardt import SolverOptions
     from bimix_jax.loss_table import LossTable
 
 FIT_FILE_FORMAT = "bimix_jax.fitted_law"
@@ -70,7 +70,7 @@ class Law(abc.ABC):
 class FitProblem:
     """What a law hands the generic fitter: one independent curve fit per eval domain.
 
-    `model` is a `bimix_jax.laws.solver.CurveModel` (hashable; log-loss residuals from an unconstrained
+    `model` is a `bimix_jax.laws.levenberg_marquardt.CurveModel` (hashable; log-loss residuals from an unconstrained
     parameter vector, and a start generator), `x[e]`/`logy[e]`/`runs[e]` are the rows of eval domain e (features
     [N_e, F], log loss [N_e], run id [N_e]); `to_params` maps unconstrained parameters [..., E, P] to
     the law's natural parameters (leading axes kept); `check_rows(e, keep_N)` says why the rows kept by

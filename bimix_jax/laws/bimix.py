@@ -37,7 +37,7 @@ import numpy as np
 from absl import logging
 
 from bimix_jax.errors import InputError
-from bimix_jax.laws import solver
+from bimix_jax.laws import levenberg_marquardt as lm
 from bimix_jax.laws.base import FitProblem, Law, register
 
 PARAM_NAMES = ("a", "c", "alpha", "beta")
@@ -53,7 +53,7 @@ def _grid(x_NxF: np.ndarray, logy_N: np.ndarray, w_BxN: np.ndarray):
     """Variable projection on the (alpha, beta) grid: (a, c) in closed form per cell; [B, A, K] each."""
     z_AxN = np.exp(-ALPHA_GRID[:, None] * x_NxF[None, :, 0] - logy_N[None, :])  # 1 / (L r^alpha)
     xs_KxN = np.exp(-BETA_GRID[:, None] * x_NxF[None, :, 1])  # (s / s_ref)^-beta
-    return solver.linear_pair_grid(z_AxN, xs_KxN, w_BxN)
+    return lm.linear_pair_grid(z_AxN, xs_KxN, w_BxN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +73,9 @@ class BiMixCurve:
 
     def starts(self, x_NxF, logy_N, w_BxN, n_starts):
         a, c, cost = _grid(x_NxF, logy_N, w_BxN)
-        i, j = solver.best_cells(cost, n_starts)
-        return np.stack([solver.safe_log(solver.take(a, i, j), START_FLOOR),
-                         solver.safe_log(solver.take(c, i, j), START_FLOOR),
+        i, j = lm.best_cells(cost, n_starts)
+        return np.stack([lm.safe_log(lm.take(a, i, j), START_FLOOR),
+                         lm.safe_log(lm.take(c, i, j), START_FLOOR),
                          np.log(ALPHA_GRID[i]), np.log(BETA_GRID[j])], axis=-1)
 
 
@@ -117,13 +117,13 @@ class BiMixProfiledCurve:
 
     def starts(self, x_NxF, logy_N, w_BxN, n_starts):
         a, c, cost = _grid(x_NxF, logy_N, w_BxN)
-        i, j = solver.best_cells(cost, n_starts)
+        i, j = lm.best_cells(cost, n_starts)
         variant = (i == 0).astype(np.int32)
         if variant.shape[1] > 1:  # Try both variants.
             same = np.all(variant == variant[:, :1], axis=1)
             variant[same, -1] = 1 - variant[same, 0]
-        theta = np.stack([solver.safe_log(solver.take(a, i, j), START_FLOOR),
-                          solver.safe_log(solver.take(c, i, j), START_FLOOR), np.log(BETA_GRID[j])], axis=-1)
+        theta = np.stack([lm.safe_log(lm.take(a, i, j), START_FLOOR),
+                          lm.safe_log(lm.take(c, i, j), START_FLOOR), np.log(BETA_GRID[j])], axis=-1)
         return theta, variant
 
 
@@ -176,7 +176,7 @@ class BiMix(Law):
         if np.any(s <= 0):
             raise InputError(f"step {float(np.min(s)):g} must be positive")
 
-    def fit_problem(self, table, options: solver.SolverOptions, **law_options) -> FitProblem:
+    def fit_problem(self, table, options: lm.SolverOptions, **law_options) -> FitProblem:
         if law_options:
             raise InputError(f"law bimix takes no option {sorted(law_options)[0]!r}; remove it")
         xs, logys, runs, ls_ref, per_domain = [], [], [], [], {}

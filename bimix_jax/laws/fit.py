@@ -3,14 +3,14 @@
 `fit_law(table, 'bimix' | 'ye', **options)` -> `FittedLaw`; `fit_bootstrap(table, law, n_boot=...)`
 -> (`FittedLaw` on the full table, bootstrap params stacked on a leading [n_boot] axis). The fitter
 knows no particular law: a law turns the table into a `FitProblem` (one curve fit per eval domain), the
-generic solver (`solver.py`: jaxopt Levenberg-Marquardt, vmapped over eval domains x starts, and over
+generic solver (`lm.py`: jaxopt Levenberg-Marquardt, vmapped over eval domains x starts, and over
 replicates for the bootstrap) fits it, and the law maps the parameters back to natural units.
 
 Options (keyword arguments):
   model_size: keep only rows of this model size (a table with several sizes needs one);
   eval_domains: the eval domains to fit (default: all in the table);
   n_starts, maxiter, loss ('l2' | 'huber'), huber_delta, ftol, xtol, gtol, damping,
-    dtype ('float64' | 'float32'): see `solver.SolverOptions`;
+    dtype ('float64' | 'float32'): see `lm.SolverOptions`;
   law options: ye takes target_step (default: the table's largest step) and step_min (checkpoints
     below it are not used by the step law).
 """
@@ -26,11 +26,11 @@ import numpy as np
 from absl import logging
 
 from bimix_jax.errors import InputError
-from bimix_jax.laws import solver
+from bimix_jax.laws import levenberg_marquardt as lm
 from bimix_jax.laws.base import FitProblem, FittedLaw, Law, get_law
 from bimix_jax.loss_table import LossTable
 
-_SOLVER_FIELDS = tuple(f.name for f in dataclasses.fields(solver.SolverOptions))
+_SOLVER_FIELDS = tuple(f.name for f in dataclasses.fields(lm.SolverOptions))
 MAX_REDRAWS = 1000  # per bootstrap replicate, before declaring the runs unable to identify the law
 
 
@@ -40,7 +40,7 @@ class Prepared:
 
     law: Law
     problem: FitProblem
-    options: solver.SolverOptions
+    options: lm.SolverOptions
     law_options: dict
     x: np.ndarray  # [E, N, F]
     logy: np.ndarray  # [E, N]
@@ -55,7 +55,7 @@ def prepare(table: LossTable, law: str, *, model_size: str | None = None,
     With check=False the per-domain identifiability checks (`FitProblem.check_rows`) are left to the caller.
     """
     solver_kw = {k: options.pop(k) for k in list(options) if k in _SOLVER_FIELDS}
-    opts = solver.SolverOptions(**solver_kw)
+    opts = lm.SolverOptions(**solver_kw)
     law_cls = get_law(law)
     table = table.for_model_size(model_size)
     if eval_domains is None:
@@ -76,12 +76,12 @@ def prepare(table: LossTable, law: str, *, model_size: str | None = None,
         reason = problem.check_rows(g, np.ones(len(problem.logy[g]), dtype=bool))
         if reason:
             raise InputError(reason)
-    x, logy, w = solver.pack_groups(list(problem.x), list(problem.logy))
+    x, logy, w = lm.pack_groups(list(problem.x), list(problem.logy))
     size = table.model_sizes[0] if table.has_model_size else None
     return Prepared(law_obj, problem, opts, dict(options), x, logy, w, size)
 
 
-def _convergence(prep: Prepared, sol: solver.Solution, g: int) -> dict[str, Any]:
+def _convergence(prep: Prepared, sol: lm.Solution, g: int) -> dict[str, Any]:
     cost = sol.start_cost[g]
     ok = np.isfinite(cost)
     best = float(cost[ok].min()) if ok.any() else float("inf")
@@ -102,7 +102,7 @@ def _convergence(prep: Prepared, sol: solver.Solution, g: int) -> dict[str, Any]
     }
 
 
-def finish(prep: Prepared, sol: solver.Solution) -> FittedLaw:
+def finish(prep: Prepared, sol: lm.Solution) -> FittedLaw:
     """Checks the solution and assembles the FittedLaw with its summary."""
     domains = prep.law.eval_domains
     for g, e in enumerate(domains):
@@ -172,7 +172,7 @@ def describe(fitted: FittedLaw) -> str:
 def fit_law(table: LossTable, law: str, **options: Any) -> FittedLaw:
     """Fits `law` to `table` (all eval domains x starts in one compiled call). See the module docstring."""
     prep = prepare(table, law, **options)
-    sol = solver.solve(prep.problem.model, prep.x, prep.logy, prep.w, prep.options)
+    sol = lm.solve(prep.problem.model, prep.x, prep.logy, prep.w, prep.options)
     return finish(prep, sol)
 
 
@@ -214,13 +214,13 @@ def fit_bootstrap(table: LossTable, law: str, *, n_boot: int, seed: int = 0,
     if not (isinstance(n_boot, (int, np.integer)) and 1 <= n_boot <= 100_000):
         raise InputError(f"n_boot={n_boot!r} must be a positive integer; pick e.g. 64")
     prep = prepare(table, law, **options)
-    fitted = finish(prep, solver.solve(prep.problem.model, prep.x, prep.logy, prep.w, prep.options))
+    fitted = finish(prep, lm.solve(prep.problem.model, prep.x, prep.logy, prep.w, prep.options))
     w, redrawn = resample_weights(prep, int(n_boot), int(seed))
     distinct = len({wb.tobytes() for wb in w})
     if distinct < max(2, n_boot // 2):
         logging.warning("only %d distinct identifiable resamples of the runs among %d (%d redrawn): the bootstrap "
                         "understates the uncertainty; add runs", distinct, n_boot, redrawn)
-    sol = solver.solve_batched(prep.problem.model, prep.x, prep.logy, w, prep.options)
+    sol = lm.solve_batched(prep.problem.model, prep.x, prep.logy, w, prep.options)
     boot = prep.problem.to_params(sol.theta)
     domains = prep.law.eval_domains
     ok = np.isfinite(sol.cost) & np.all(np.isfinite(sol.theta), axis=-1)  # [B, E]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bimix_jax.errors import InputError
-from bimix_jax.laws import solver
+from bimix_jax.laws import levenberg_marquardt as lm
 
 BETA_GRID = np.geomspace(0.02, 3.0, 40)
 MIN_POINTS = 3  # E, B, beta
@@ -33,11 +33,11 @@ class StepCurve:
 
     def starts(self, x_NxF: np.ndarray, logy_N: np.ndarray, w_BxN: np.ndarray, n_starts: int) -> np.ndarray:
         xs_KxN = np.exp(-BETA_GRID[:, None] * x_NxF[None, :, 0])
-        scale, floor, cost = solver.linear_pair_grid(np.exp(-logy_N)[None, :], xs_KxN, w_BxN)  # E + B^beta s^-beta
-        i, j = solver.best_cells(cost, n_starts)
+        scale, floor, cost = lm.linear_pair_grid(np.exp(-logy_N)[None, :], xs_KxN, w_BxN)  # E + B^beta s^-beta
+        i, j = lm.best_cells(cost, n_starts)
         beta = BETA_GRID[j]
-        return np.stack([solver.safe_log(solver.take(floor, i, j), 1e-3),
-                         solver.safe_log(solver.take(scale, i, j), 1e-6) / beta, np.log(beta)], axis=-1)
+        return np.stack([lm.safe_log(lm.take(floor, i, j), 1e-3),
+                         lm.safe_log(lm.take(scale, i, j), 1e-6) / beta, np.log(beta)], axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,7 @@ def predict(E: np.ndarray, B: np.ndarray, beta: np.ndarray, step: np.ndarray | f
 
 
 def fit_step_laws(curves: list[tuple[str, str, np.ndarray, np.ndarray]], target_step: float,
-                  options: solver.SolverOptions) -> StepLawFits:
+                  options: lm.SolverOptions) -> StepLawFits:
     """Fits L(s) = E + (B/s)^beta to each (run, eval_domain, steps, losses) curve; predicts at target_step."""
     if not curves:
         return StepLawFits(*(np.zeros(0, dtype=t) for t in (str, str, float, float, float, float, int, float, bool,
@@ -92,8 +92,8 @@ def fit_step_laws(curves: list[tuple[str, str, np.ndarray, np.ndarray]], target_
         xs.append((np.log(steps) - ref)[:, None])
         logys.append(np.log(losses))
         refs.append(ref)
-    x, logy, w = solver.pack_groups(xs, logys)
-    sol = solver.solve(StepCurve(), x, logy, w, options)
+    x, logy, w = lm.pack_groups(xs, logys)
+    sol = lm.solve(StepCurve(), x, logy, w, options)
     if not np.all(np.isfinite(sol.cost)):
         k = int(np.argmax(~np.isfinite(sol.cost)))
         raise InputError(f"the step-law fit of run {curves[k][0]!r}, eval domain {curves[k][1]!r} failed (non-finite); "

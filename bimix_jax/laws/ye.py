@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bimix_jax.errors import InputError
-from bimix_jax.laws import solver, steplaw
+from bimix_jax.laws import steplaw
+from bimix_jax.laws import levenberg_marquardt as lm
 from bimix_jax.laws.base import FitProblem, Law, register
 
 PARAM_NAMES = ("c", "k", "t")
@@ -80,10 +81,10 @@ class YeCurve:
     def starts(self, x_NxF: np.ndarray, logy_N: np.ndarray, w_BxN: np.ndarray, n_starts: int) -> np.ndarray:
         u_KxU = _candidates(self.n_domains - 1)
         xs_KxN = np.exp((u_KxU @ sum_zero_basis(self.n_domains).T) @ x_NxF.T)  # exp(t . r) per candidate
-        k, c, cost = solver.linear_pair_grid(np.exp(-logy_N)[None, :], xs_KxN, w_BxN)
-        i, j = solver.best_cells(cost, n_starts)
-        return np.concatenate([solver.safe_log(solver.take(c, i, j), 1e-3)[..., None],
-                               solver.safe_log(solver.take(k, i, j), 1e-3)[..., None], u_KxU[j]], axis=-1)
+        k, c, cost = lm.linear_pair_grid(np.exp(-logy_N)[None, :], xs_KxN, w_BxN)
+        i, j = lm.best_cells(cost, n_starts)
+        return np.concatenate([lm.safe_log(lm.take(c, i, j), 1e-3)[..., None],
+                               lm.safe_log(lm.take(k, i, j), 1e-3)[..., None], u_KxU[j]], axis=-1)
 
 
 @register
@@ -118,7 +119,7 @@ class Ye(Law):
             raise InputError(f"proportions have shape {r_D.shape}; expected [..., {len(self.train_domains)}] "
                              f"over {', '.join(self.train_domains)}")
 
-    def fit_problem(self, table, options: solver.SolverOptions, *, target_step: float | None = None,
+    def fit_problem(self, table, options: lm.SolverOptions, *, target_step: float | None = None,
                     step_min: float = 0.0) -> FitProblem:
         target = float(np.max(table.step)) if target_step is None else float(target_step)
         if not (np.isfinite(target) and target > 0):

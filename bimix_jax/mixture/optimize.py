@@ -6,8 +6,8 @@
   "total" is a weighted mean loss (the paper's Eq. 15 is a plain sum; the argmin is the same).
 * `s` is the target step, or a token budget divided by the tokens per step. Laws fitted at one step
   (`FittedLaw.target_step`, e.g. Data Mixing Laws) are only evaluated at that step.
-* Solver `'auto'`: the exact Lagrange solution for BiMix (`solvers.bimix_exact`), projected gradient
-  (`solvers.projected_gradient`) for every other law; `'exact'` / `'projected_gradient'` force one.
+* Solver `'auto'`: the exact Lagrange solution for BiMix (`bimix_optimum.bimix_exact`), projected gradient
+  (`bimix_optimum.projected_gradient`) for every other law; `'exact'` / `'projected_gradient'` force one.
 
 Every jitted program is cached per (law, domains, solver), so repeated calls (bootstrap, sweeps, tests)
 compile once; precision follows `jax_enable_x64` (the binary enables it).
@@ -26,8 +26,9 @@ import numpy as np
 
 from bimix_jax.errors import InputError
 from bimix_jax.laws.base import FittedLaw, get_law
-from bimix_jax.mixture import constraints, export, solvers
+from bimix_jax.mixture import constraints, export
 
+from bimix_jax.mixture import bimix_optimum
 REPORT_FORMAT = "bimix_jax.mixture_report"
 REPORT_VERSION = 1
 SOLVERS = ("auto", "exact", "projected_gradient")
@@ -105,16 +106,16 @@ def programs(law: str, train_domains: tuple[str, ...], eval_domains: tuple[str, 
     predict = jax.jit(jax.vmap(model.predict, in_axes=(None, 0, None)))  # params, r_MxD, s -> [M, E]
 
     def pg(params, s, w_E, lo_D, hi_D):
-        r_D, iters, _ = solvers.projected_gradient(model, params, s, w_E, lo_D, hi_D)
+        r_D, iters, _ = bimix_optimum.projected_gradient(model, params, s, w_E, lo_D, hi_D)
         return r_D, iters
 
     def exact(params, own_E, s, w_E, lo_D, hi_D):
-        r_D, _ = solvers.bimix_exact(params, own_E, s, w_E, lo_D, hi_D)
-        return r_D, jnp.asarray(solvers.BISECTION_STEPS, jnp.int32)  # a fixed number of bisection steps
+        r_D, _ = bimix_optimum.bimix_exact(params, own_E, s, w_E, lo_D, hi_D)
+        return r_D, jnp.asarray(bimix_optimum.BISECTION_STEPS, jnp.int32)  # a fixed number of bisection steps
 
     def kkt(params, s, w_E, r_D, lo_D, hi_D):
-        f, g_D = jax.value_and_grad(lambda r: solvers.objective(model, params, r, s, w_E))(r_D)
-        return solvers.kkt(g_D, r_D, lo_D, hi_D, f)
+        f, g_D = jax.value_and_grad(lambda r: bimix_optimum.objective(model, params, r, s, w_E))(r_D)
+        return bimix_optimum.kkt(g_D, r_D, lo_D, hi_D, f)
 
     def pg_batch(params_B, *args):
         # One compiled loop over the laws, not a vmap: a vmapped while-loop runs every lane until the slowest

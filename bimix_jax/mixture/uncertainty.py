@@ -37,7 +37,7 @@ def refit_options(fitted: FittedLaw, model_size: str | None = None) -> dict:
     if fitted.target_step is not None:
         opts["target_step"] = fitted.target_step
     try:
-        from bimix_jax.laws import solver as law_solver
+        from bimix_jax.laws import levenberg_marquardt as law_solver
 
         fields = {f.name for f in dataclasses.fields(law_solver.SolverOptions)}
     except (ImportError, TypeError):

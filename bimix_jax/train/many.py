@@ -52,12 +52,12 @@ from bimix_jax.data.prepare import prepare_data
 from bimix_jax.data.spec import DataSpec
 from bimix_jax.data.tokens import DomainTokens
 from bimix_jax.errors import InputError
-from bimix_jax.evaluate_domains import build_eval_set, make_eval_fn
+from bimix_jax.train.evaluate import build_eval_set, make_eval_fn
 from bimix_jax.model import DecoderConfig, format_size
-from bimix_jax.run_log import RunLog, shares
-from bimix_jax.train import (CONFIG_FILE, RunResult, _mesh, check_proportions, check_run_name, check_workdir,
+from bimix_jax.train.log import RunLog, shares
+from bimix_jax.train.loop import (CONFIG_FILE, RunResult, _mesh, check_proportions, check_run_name, check_workdir,
                              compiled_programs, neutral_spec, run_record, train_run)
-from bimix_jax.train_state import RunSpec, TrainState, make_group_train_step
+from bimix_jax.train.state import RunSpec, TrainState, make_group_train_step
 
 
 class GroupPrograms(NamedTuple):

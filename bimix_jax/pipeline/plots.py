@@ -116,7 +116,7 @@ def render(fig: Figure, path: str) -> bytes:
     return buf.getvalue()
 
 
-# --- Figures of the pipeline report (bimix_jax.report) ------------------------------------------------
+# --- Figures of the pipeline report (bimix_jax.pipeline.report) ------------------------------------------------
 
 
 def _grid(n_panels: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, int, int]:

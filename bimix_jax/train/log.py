@@ -17,9 +17,9 @@ import numpy as np
 from absl import logging
 
 from bimix_jax import atomic, loss_table
-from bimix_jax.checkpoint import Checkpointer
+from bimix_jax.train.checkpoint import Checkpointer
 from bimix_jax.errors import InputError
-from bimix_jax.train_state import RunSpec
+from bimix_jax.train.state import RunSpec
 
 LOSSES_FILE = "losses.csv"
 METRICS_FILE = "metrics.jsonl"

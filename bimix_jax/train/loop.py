@@ -6,13 +6,13 @@ A run's workdir holds:
 * `losses.csv`: the loss table (`bimix_jax.loss_table`), one row per (step, eval domain), written
   every `eval_every` steps and at the last step;
 * `metrics.jsonl`: one record every `log_every` steps (train loss, lr, tokens/s, realized shares);
-* `checkpoints/<step>/`: orbax checkpoints (`bimix_jax.checkpoint`).
+* `checkpoints/<step>/`: orbax checkpoints (`bimix_jax.train.checkpoint`).
 
 Rerunning the same call resumes from the latest checkpoint; rows and records written after it are
 dropped first, so nothing is duplicated, and the result is bit-identical to an uninterrupted run.
 Data parallel over the given devices (a 1-axis mesh): parameters replicated, batch rows sharded.
 In a multi-host job every process calls `train_run`; only process 0 writes files (orbax coordinates
-checkpoints itself). The files are written by `bimix_jax.run_log.RunLog`, which `bimix_jax.train_many`
+checkpoints itself). The files are written by `bimix_jax.train.log.RunLog`, which `bimix_jax.train.many`
 (K runs in one vmapped step) shares, so both write the same workdirs.
 """
 
@@ -37,10 +37,10 @@ from bimix_jax.data.prepare import prepare_data
 from bimix_jax.data.spec import DataSpec
 from bimix_jax.data.tokens import DomainTokens
 from bimix_jax.errors import InputError
-from bimix_jax.evaluate_domains import EvalSet, build_eval_set, make_eval_fn
+from bimix_jax.train.evaluate import EvalSet, build_eval_set, make_eval_fn
 from bimix_jax.model import DecoderConfig, format_size
-from bimix_jax.run_log import CHECKPOINT_DIR, LOSSES_FILE, METRICS_FILE, RunLog, shares  # noqa: F401 - re-exported
-from bimix_jax.train_state import RunSpec, init_state, make_optimizer, make_train_step
+from bimix_jax.train.log import CHECKPOINT_DIR, LOSSES_FILE, METRICS_FILE, RunLog, shares  # noqa: F401 - re-exported
+from bimix_jax.train.state import RunSpec, init_state, make_optimizer, make_train_step
 
 CONFIG_FILE = "config.json"
 _COMPARED = ("run_name", "spec", "domains", "proportions", "data_fingerprint", "vocab_size")

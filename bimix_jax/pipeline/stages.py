@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from bimix_jax.errors import InputError
-from bimix_jax.laws import evaluate
+from bimix_jax.laws import protocols
 from bimix_jax.laws.base import FittedLaw
 from bimix_jax.laws.fit import fit_law
 from bimix_jax.loss_table import LossTable
@@ -70,13 +70,13 @@ def fit_stage(table: LossTable, *, min_step: float, options: Mapping[str, Any], 
     """Fits BiMix on the candidates' checkpoints from `min_step` on, with both held-out scores."""
     rows = fit_table(table, min_step)
     fitted = fit_law(rows, LAW, **options)
-    last = evaluate.last_step(rows, LAW, **options)
-    fitted = evaluate.attach(fitted, last)
+    last = protocols.last_step(rows, LAW, **options)
+    fitted = protocols.attach(fitted, last)
     loco: dict[str, Any] = {}
     if leave_one_out:
         for run in rows.runs:
             try:
-                loco[run] = _trim(evaluate.mixtures(rows, LAW, holdout_runs=[run], **options))
+                loco[run] = _trim(protocols.mixtures(rows, LAW, holdout_runs=[run], **options))
             except InputError as e:  # e.g. the other runs leave a domain's exponent unidentifiable
                 loco[run] = {"skipped": str(e)}
     return {"law": fitted.to_json(), "min_step": float(min_step), "rows": len(rows), "runs": list(rows.runs),
@@ -132,7 +132,7 @@ def validation_stage(fitted: FittedLaw, tables: Mapping[str, LossTable], *, reco
         observed = _observed_at(name, table, last_step, weights)
         sub = table.subset(table.step == last_step)
         try:
-            predicted = dict(zip(sub.eval_domain.tolist(), evaluate.predict_rows(fitted, sub).tolist()))
+            predicted = dict(zip(sub.eval_domain.tolist(), protocols.predict_rows(fitted, sub).tolist()))
         except InputError:  # e.g. a candidate without some domain: BiMix cannot predict it
             predicted = None
         runs[name] = {"observed": observed, "observed_average": _weighted(observed, weights),
@@ -143,12 +143,12 @@ def validation_stage(fitted: FittedLaw, tables: Mapping[str, LossTable], *, reco
         runs[name]["rank"] = rank
     rec = runs[recommended]
     table = tables[recommended]
-    pred_all = np.asarray(evaluate.predict_rows(fitted, table), np.float64)
+    pred_all = np.asarray(protocols.predict_rows(fitted, table), np.float64)
     curve = {}
     for label, mask in (("fit_window", table.step >= min_step), ("all_steps", np.ones(len(table), bool))):
-        per_domain = {e: evaluate.metrics(table.loss[mask & (table.eval_domain == e)],
+        per_domain = {e: protocols.metrics(table.loss[mask & (table.eval_domain == e)],
                                           pred_all[mask & (table.eval_domain == e)]) for e in fitted.eval_domains}
-        curve[label] = {"per_domain": per_domain, **evaluate.summarise(per_domain, table.loss[mask], pred_all[mask])}
+        curve[label] = {"per_domain": per_domain, **protocols.summarise(per_domain, table.loss[mask], pred_all[mask])}
     seed_noise = None
     if noise_tables:
         first = next(iter(tables))

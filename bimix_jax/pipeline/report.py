@@ -1,6 +1,6 @@
 """The pipeline's report: `report.json` (every number), `report.md` (the same, readable) and PNG plots.
 
-Built from the stage outputs of `bimix_jax.pipeline` (loss tables, the fitted law, the optimizer's report,
+Built from the stage outputs of `bimix_jax.pipeline.run` (loss tables, the fitted law, the optimizer's report,
 the validation), without training or fitting anything. Every number in `report.md` comes from
 `report.json`; timings and code provenance sit in its `timing` and `provenance` sections, apart from the
 results (so two invocations that computed the same thing have equal results).
@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from bimix_jax import atomic, plots
+from bimix_jax import atomic
+from bimix_jax.pipeline import plots
 from bimix_jax.laws.base import FittedLaw
 from bimix_jax.loss_table import LossTable
 

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from bimix_jax.errors import InputError
-from bimix_jax.mixture.embed import EmbedConfig, domain_vne
+from bimix_jax.entropy.vne import EmbedConfig, domain_vne
 
 PROXIES = ("se", "ce", "je", "vne")
 DENSE_MAX_BINS = 1 << 18  # Dense V x V counts by default when V^2 is at most this (V <= 512).

@@ -3,7 +3,7 @@
 1. `data/`: the corpus and its tokenizer (`bimix_jax.data.prepare`);
 2. `stages/candidates.json`: SE, CE, JE, VNE entropy mixtures and the baseline (natural token shares)
    as candidates; identical candidates are trained once;
-3. `runs/<candidate>/`: one proxy run per distinct candidate (`bimix_jax.train_many.train_runs`, vmapped
+3. `runs/<candidate>/`: one proxy run per distinct candidate (`bimix_jax.train.many.train_runs`, vmapped
    with `pipeline.vmap`), all with the same seed, so they differ only in the mixture;
 4. `stages/fit.json`, `fit.json`: BiMix fitted on the candidates' checkpoints together, from
    `pipeline.fit_min_step` on, with its held-out scores;
@@ -11,13 +11,13 @@
    bootstrap interval;
 6. `runs/optimized/`: a run on that mixture;
 7. `stages/validation.json`: predicted vs observed for it, and every run's observed average loss;
-8. `report.md`, `report.json`, `plots/*.png` (`bimix_jax.report`); `losses_candidates.csv`
+8. `report.md`, `report.json`, `plots/*.png` (`bimix_jax.pipeline.report`); `losses_candidates.csv`
    (the fit data), `losses.csv` (every run), `pipeline.json` (the config), `provenance.json` (code).
 
 Resumable: rerun the same call after a kill at any moment. Runs resume from their checkpoints (finished
 ones are not retrained, loss-table rows are neither lost nor duplicated); every other stage is stored
 atomically with a fingerprint of its inputs and is not redone. A workdir holding another config's runs
-is refused (`bimix_jax.pipeline_spec`). This is the only module that knows both training and laws.
+is refused (`bimix_jax.pipeline.spec`). This is the only module that knows both training and laws.
 Single host: every file is written by the calling process.
 """
 
@@ -33,19 +33,21 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from bimix_jax import analysis, atomic, loss_table, provenance, report
+from bimix_jax import atomic, loss_table
+from bimix_jax.pipeline import provenance, report, stages
 from bimix_jax.data import sampler
 from bimix_jax.data.prepare import PreparedData, describe, prepare_data
 from bimix_jax.data.spec import DataSpec
 from bimix_jax.errors import InputError
 from bimix_jax.laws.base import FittedLaw
-from bimix_jax.mixture import entropy, export
-from bimix_jax.mixture.embed import EmbedConfig
-from bimix_jax.pipeline_spec import (OPTIMIZED, RUN_FIELDS, PipelineSpec, check_workdir_config, mixture_array,
+from bimix_jax.mixture import export
+from bimix_jax.entropy import counts as entropy_counts
+from bimix_jax.entropy.vne import EmbedConfig
+from bimix_jax.pipeline.spec import (OPTIMIZED, RUN_FIELDS, PipelineSpec, check_workdir_config, mixture_array,
                                      read_history, write_workdir_config)
-from bimix_jax.train import CONFIG_FILE as RUN_CONFIG_FILE, LOSSES_FILE, train_run
-from bimix_jax.train_many import train_runs
-from bimix_jax.train_state import RunSpec
+from bimix_jax.train.loop import CONFIG_FILE as RUN_CONFIG_FILE, LOSSES_FILE, train_run
+from bimix_jax.train.many import train_runs
+from bimix_jax.train.state import RunSpec
 
 SECTIONS = ("data", "model", "optim", "train", "pipeline")
 RUNS_DIR = "runs"
@@ -94,7 +96,7 @@ def _export_json(path: str, obj: Any) -> None:
 
 def _candidates(prepared: PreparedData, spec: PipelineSpec, extras: list[tuple[str, np.ndarray]]) -> dict:
     tokens = prepared.tokens
-    rep = entropy.entropy_report(
+    rep = entropy_counts.entropy_report(
         {d: tokens.train[d] for d in tokens.domains}, tokens.vocab_size,
         {d: prepared.corpus.documents(d, "train") for d in tokens.domains}, proxy="ce",
         temperature=spec.entropy_temperature, sequence_length=spec.entropy_sequence_length,
@@ -103,7 +105,7 @@ def _candidates(prepared: PreparedData, spec: PipelineSpec, extras: list[tuple[s
     named = {"baseline": np.array([natural[d] for d in tokens.domains]),
              "uniform": np.full(len(tokens.domains), 1.0 / len(tokens.domains))}
     named.update({m: np.array([rep["mixtures"][m][d] for d in tokens.domains]) for m in ("se", "ce", "je", "vne")})
-    cands = analysis.candidate_mixtures(tokens.domains, named, spec.candidate_names, extras)
+    cands = stages.candidate_mixtures(tokens.domains, named, spec.candidate_names, extras)
     rep.pop("mixture")  # only the chosen proxy's copy of one of `mixtures`
     return {"entropy": rep, "candidates": cands}
 
@@ -154,7 +156,7 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     for c in cand_out["candidates"]:
         if c["duplicate_of"]:
             logging.info("candidate %s has the same mixture as %s (to %g): trained once", c["name"], c["duplicate_of"],
-                         analysis.DUPLICATE_ATOL)
+                         stages.DUPLICATE_ATOL)
     unique = [c for c in cand_out["candidates"] if c["duplicate_of"] is None]
     if len(unique) < 2:
         raise InputError(f"pipeline.candidates gives {len(unique)} distinct mixture(s); BiMix needs at least 2 "
@@ -186,10 +188,10 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     atomic.write_text(os.path.join(workdir, "losses_candidates.csv"), candidates_csv)
 
     # The law, its held-out scores and the best mixture.
-    options = analysis.fit_options(spec.fit_n_starts, spec.fit_loss, spec.fit_huber_delta)
+    options = stages.fit_options(spec.fit_n_starts, spec.fit_loss, spec.fit_huber_delta)
     fp_fit = provenance.fingerprint("fit", provenance.sha256_bytes(candidates_csv.encode()), options,
                                     spec.fit_min_step, spec.leave_one_out)
-    fit_out, _ = store.run("fit", fp_fit, lambda: analysis.fit_stage(
+    fit_out, _ = store.run("fit", fp_fit, lambda: stages.fit_stage(
         candidates_table, min_step=spec.fit_min_step, options=options, leave_one_out=spec.leave_one_out))
     fitted = FittedLaw.from_json(fit_out["law"], source=store.path("fit"))
     _export_json(os.path.join(workdir, "fit.json"), fit_out["law"])
@@ -199,8 +201,8 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     baseline_D = np.array([natural[d] for d in tokens.domains])
     fp_mix = provenance.fingerprint("mixture", fp_fit, target, weights, bounds.to_json(), baseline_D,
                                     spec.bootstrap, spec.bootstrap_seed)
-    mix_out, _ = store.run("mixture", fp_mix, lambda: analysis.mixture_stage(
-        fitted, analysis.fit_table(candidates_table, spec.fit_min_step), step=float(target), weights=weights,
+    mix_out, _ = store.run("mixture", fp_mix, lambda: stages.mixture_stage(
+        fitted, stages.fit_table(candidates_table, spec.fit_min_step), step=float(target), weights=weights,
         bounds=bounds, baseline_D=baseline_D, n_boot=spec.bootstrap, seed=spec.bootstrap_seed))
     _export_json(os.path.join(workdir, "mixture.json"), mix_out)
     export_dir = os.path.join(workdir, "mixture_exports")
@@ -218,7 +220,7 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     all_table = loss_table.concat([*tables.values(), *noise_tables.values()], source="losses.csv")
     atomic.write_text(os.path.join(workdir, "losses.csv"), all_table.to_csv())
     fp_val = provenance.fingerprint("validation", fp_mix, provenance.sha256_bytes(all_table.to_csv().encode()))
-    val_out, _ = store.run("validation", fp_val, lambda: analysis.validation_stage(
+    val_out, _ = store.run("validation", fp_val, lambda: stages.validation_stage(
         fitted, tables, recommended=OPTIMIZED, last_step=float(t.steps), min_step=spec.fit_min_step,
         weights=mix_out["weights"], noise_tables=noise_tables))
 

@@ -8,7 +8,7 @@ evaluation steps (`check_fit_window`), and everything that needs the corpus's do
 A workdir remembers its config in `pipeline.json`. Fields that decide the proxy runs (the data, model,
 optim and train sections, and `RUN_FIELDS`) may not change: another config's runs are refused, naming
 the field. The other pipeline fields (fit, objective, constraints, bootstrap, vmap) may change between
-invocations; the stages that depend on them are recomputed (see `bimix_jax.provenance.StageStore`).
+invocations; the stages that depend on them are recomputed (see `bimix_jax.pipeline.provenance.StageStore`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from bimix_jax import atomic
 from bimix_jax.data import sampler
 from bimix_jax.errors import InputError
 from bimix_jax.mixture import constraints
-from bimix_jax.train_state import RunSpec
+from bimix_jax.train.state import RunSpec
 
 CANDIDATE_KEYWORDS = ("baseline", "uniform", "se", "ce", "je", "vne")
 OPTIMIZED = "optimized"  # the run of the recommended mixture
