@@ -1,0 +1,101 @@
+"""The segment / feedback interface between a mixing method and the trainer.
+
+A run's mixture is a schedule of segments. The trainer loop is
+
+    state = method.init(num_domains, total_steps, seed)
+    state = method.observe(state, losses_D)               # feedback losses before the first step
+    while (segment := method.next_segment(state, step)) is not None:
+        train segment.steps steps on segment.proportions
+        if segment.feedback: state = method.observe(state, losses after the segment)
+        else:               state = method.skip(state)
+
+`state` is a JSON-able dict (lists, floats, ints, strings), checkpointed with the model, so a method is a
+pure function of its state: the same state and losses give the same plan on every process and after a
+resume. The planned segments of a run add up to exactly `total_steps`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from bimix_jax.errors import InputError
+
+KINDS = ("train", "probe", "prior")
+State = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """`steps` optimizer steps on `proportions` ([D], on the simplex)."""
+
+    proportions: tuple[float, ...]
+    steps: int
+    kind: str = "train"  # train | probe (LearnParams) | prior (restricted Aioli's warm start)
+    feedback: bool = False  # evaluate the feedback set after the segment and call `observe`
+    label: str = ""  # e.g. 'round 2 probe 3 (code)'
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"segment kind {self.kind!r} is not one of {KINDS}")
+        if self.steps < 1:
+            raise ValueError(f"segment of {self.steps} steps")
+        check_simplex(np.asarray(self.proportions), "segment proportions")
+
+    def to_json(self) -> dict:
+        return {"proportions": [float(x) for x in self.proportions], "steps": int(self.steps), "kind": self.kind,
+                "feedback": bool(self.feedback), "label": self.label}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> Segment:
+        return cls(tuple(float(x) for x in d["proportions"]), int(d["steps"]), str(d["kind"]), bool(d["feedback"]),
+                   str(d.get("label", "")))
+
+
+class MixingMethod(Protocol):
+    """What the trainer needs of a mixing method."""
+
+    name: str
+
+    def init(self, num_domains: int, total_steps: int, seed: int) -> State: ...
+
+    def observe(self, state: State, losses_D: np.ndarray) -> State: ...
+
+    def skip(self, state: State) -> State: ...
+
+    def next_segment(self, state: State, step: int) -> Segment | None: ...
+
+    def summary(self, state: State) -> dict: ...
+
+
+def check_simplex(p_D: np.ndarray, what: str, tol: float = 1e-6) -> np.ndarray:
+    p_D = np.asarray(p_D, np.float64)
+    if p_D.ndim != 1 or not np.all(np.isfinite(p_D)) or p_D.min() < -tol or abs(p_D.sum() - 1) > tol:
+        raise ValueError(f"{what} {p_D.tolist()} are not on the simplex")
+    return p_D
+
+
+def normalize(p_D: np.ndarray) -> np.ndarray:
+    """Clips tiny negatives from rounding and rescales to sum exactly 1 (in float64)."""
+    p_D = np.maximum(np.asarray(p_D, np.float64), 0.0)
+    return p_D / p_D.sum()
+
+
+def check_prior(prior: Sequence[float] | None, num_domains: int, field: str) -> np.ndarray | None:
+    if prior is None:
+        return None
+    p = np.asarray(prior, np.float64)
+    if p.shape != (num_domains,) or not np.all(np.isfinite(p)) or p.min() < 0 or abs(p.sum() - 1) > 1e-6:
+        raise InputError(f"{field}: {p.tolist()} must be {num_domains} weights >= 0 summing to 1")
+    return p / p.sum()
+
+
+def realized_steps(segments: Sequence[Mapping]) -> dict[str, int]:
+    """Steps per segment kind of a trajectory (list of segment records)."""
+    out = {k: 0 for k in KINDS}
+    for s in segments:
+        out[s["kind"]] += int(s["steps"])
+    return out
