@@ -9,8 +9,14 @@ One row per measurement, as CSV with a header (column order is free when reading
 | `step`        | optimizer step of the measurement, > 0                                   |
 | `tokens`      | optional; training tokens seen at that step                              |
 | `p_<domain>`  | the run's training proportion of `<domain>`; >= 0, sum to 1 per run      |
+| `mixture`     | optional; `fixed` (default) or `cumulative` (see below)                  |
 | `eval_domain` | validation domain of the measurement (need not be a training domain)     |
 | `loss`        | mean per-token cross-entropy in nats, > 0                                |
+
+A run's rows are either all `fixed`, and then every row has the same proportions (a static run), or all
+`cumulative`: the run's mixture changed during training (an online method) and each row's `p_` columns hold
+the realised share of each domain's training rows from the start up to that step, which may differ between
+rows. The mixing laws read both the same way: the proportions the model was trained on up to the step.
 
 A table is validated completely when it is built, so a malformed table is rejected (one-line
 `InputError` naming the row or run, the column and the fix) before any work starts. Writes are atomic
@@ -34,7 +40,8 @@ from bimix_jax import atomic
 from bimix_jax.errors import InputError
 
 REQUIRED_COLUMNS = ("run", "step", "eval_domain", "loss")
-OPTIONAL_COLUMNS = ("model_size", "tokens")
+OPTIONAL_COLUMNS = ("model_size", "tokens", "mixture")
+MIXTURE_KINDS = ("fixed", "cumulative")
 PROPORTION_PREFIX = "p_"
 # Proportions in a table are printed numbers; 1e-4 absorbs rounding to 4+ decimals over many domains.
 SUM_TOLERANCE = 1e-4
@@ -63,6 +70,15 @@ class LossTable:
     model_size: np.ndarray  # [N] str, '' where the table has no model_size column
     tokens: np.ndarray  # [N] float64, nan where the table has no tokens column
     source: str = "<memory>"  # file name or description, used in error messages
+    cumulative: np.ndarray | None = None  # [N] bool, True where `p` is a cumulative realised share
+
+    def __post_init__(self):
+        if self.cumulative is None:
+            object.__setattr__(self, "cumulative", np.zeros(len(self.loss), bool))
+
+    @property
+    def has_cumulative(self) -> bool:
+        return bool(np.any(self.cumulative))
 
     def __len__(self) -> int:
         return int(self.loss.shape[0])
@@ -91,7 +107,7 @@ class LossTable:
         return tuple(dict.fromkeys(self.model_size.tolist()))
 
     def mixtures(self) -> dict[str, np.ndarray]:
-        """Maps each run id to its proportions [D]."""
+        """Maps each run id to its proportions [D] (an online run's: the cumulative share at its first row)."""
         first = {}
         for i, r in enumerate(self.run.tolist()):
             first.setdefault(r, i)
@@ -111,6 +127,7 @@ class LossTable:
             p=self.p[idx],
             model_size=self.model_size[idx],
             tokens=self.tokens[idx],
+            cumulative=self.cumulative[idx],
         )
         if len(out) == 0:
             raise InputError(f"loss table {self.source}: the {what} leaves no rows; choose a selection that keeps some")
@@ -152,6 +169,8 @@ class LossTable:
                 row["tokens"] = _num(self.tokens[i])
             for j, d in enumerate(self.domains):
                 row[PROPORTION_PREFIX + d] = float(self.p[i, j])
+            if self.has_cumulative:
+                row["mixture"] = "cumulative" if self.cumulative[i] else "fixed"
             row["eval_domain"] = str(self.eval_domain[i])
             row["loss"] = float(self.loss[i])
             rows.append(row)
@@ -160,7 +179,7 @@ class LossTable:
     def columns(self) -> list[str]:
         cols = ["run"] + (["model_size"] if self.has_model_size else []) + ["step"]
         cols += (["tokens"] if self.has_tokens else []) + [PROPORTION_PREFIX + d for d in self.domains]
-        return cols + ["eval_domain", "loss"]
+        return cols + (["mixture"] if self.has_cumulative else []) + ["eval_domain", "loss"]
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -220,6 +239,7 @@ def from_rows(
     _check_columns(list(rows[0]), domains, source)
     has_size = "model_size" in rows[0]
     has_tokens = "tokens" in rows[0]
+    has_mixture = "mixture" in rows[0]
 
     n, d = len(rows), len(domains)
     run = np.empty(n, dtype=object)
@@ -229,6 +249,7 @@ def from_rows(
     loss = np.empty(n)
     tokens = np.full(n, np.nan)
     p = np.empty((n, d))
+    cumulative = np.zeros(n, bool)
     for i, row in enumerate(rows):
         line = None if first_line is None else first_line + i
         r = str(row.get("run", "")).strip()
@@ -252,6 +273,12 @@ def from_rows(
             tokens[i] = _parse_float(row.get("tokens"), "tokens", source, line, r)
             if not (math.isfinite(tokens[i]) and tokens[i] >= 0):
                 raise InputError(f"{_where(source, line, r)}: tokens {row.get('tokens')!r} must be >= 0; {_FIX_TABLE}")
+        if has_mixture:
+            kind = str(row.get("mixture", "") or "fixed").strip()
+            if kind not in MIXTURE_KINDS:
+                raise InputError(f"{_where(source, line, r)}: mixture {kind!r} must be 'fixed' or 'cumulative'; "
+                                 f"{_FIX_TABLE}")
+            cumulative[i] = kind == "cumulative"
         for j, dom in enumerate(domains):
             col = PROPORTION_PREFIX + dom
             x = _parse_float(row.get(col), col, source, line, r)
@@ -268,6 +295,7 @@ def from_rows(
         model_size=model_size.astype(str),
         tokens=tokens,
         source=source,
+        cumulative=cumulative,
     )
     _check_consistency(table, first_line)
     return table
@@ -305,15 +333,23 @@ def _check_consistency(t: LossTable, first_line: int | None) -> None:
             f"{_where(t.source, line_of(i), t.run[i])}: proportions sum to {sums[i]:.6g}, not 1; "
             f"fix the p_ columns of this run (they must sum to 1 within {SUM_TOLERANCE:g})"
         )
-    # Every row of a run has the same mixture and model size.
+    # Every row of a static run has the same mixture; every run has one model size and one mixture kind.
     _, first_idx, inverse = np.unique(t.run, return_index=True, return_inverse=True)
     ref = first_idx[inverse]
-    bad = np.flatnonzero(np.any(np.abs(t.p - t.p[ref]) > 1e-9, axis=1))
+    bad = np.flatnonzero(t.cumulative != t.cumulative[ref])
+    if bad.size:
+        i = bad[0]
+        raise InputError(
+            f"{_where(t.source, line_of(i), t.run[i])}: the run has both 'fixed' and 'cumulative' mixture rows; "
+            "a run is either static or online: give each its own run id"
+        )
+    bad = np.flatnonzero(np.any(np.abs(t.p - t.p[ref]) > 1e-9, axis=1) & ~t.cumulative)
     if bad.size:
         i = bad[0]
         raise InputError(
             f"{_where(t.source, line_of(i), t.run[i])}: the run's proportions change between rows; "
-            "a run has one mixture: give each mixture its own run id"
+            "a static run has one mixture: give each mixture its own run id (or mark an online run's rows "
+            "mixture=cumulative)"
         )
     bad = np.flatnonzero(t.model_size != t.model_size[ref])
     if bad.size:
@@ -393,6 +429,9 @@ def append_rows(path: str | os.PathLike, rows: Sequence[Mapping]) -> LossTable:
         if old.has_model_size or new.has_model_size:
             for r in rows:
                 r.setdefault("model_size", "")
+        if old.has_cumulative or new.has_cumulative:
+            for r in rows:
+                r.setdefault("mixture", "fixed")
         new = from_rows(rows, domains=old.domains, source=path)
     write_csv(path, new)
     return new
@@ -427,8 +466,11 @@ def concat(tables: Sequence[LossTable], *, source: str = "<concatenation>") -> L
     rows = []
     any_size = any(t.has_model_size for t in tables)
     any_tokens = any(t.has_tokens for t in tables)
+    any_cumulative = any(t.has_cumulative for t in tables)
     for t in tables:
         for r in t.to_rows():
+            if any_cumulative:
+                r.setdefault("mixture", "fixed")
             if any_size:
                 r.setdefault("model_size", "")
             if any_tokens:

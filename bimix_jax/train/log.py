@@ -97,22 +97,28 @@ class RunLog:
         if self._clock_time is not None:
             self._clock_time += seconds
 
-    def eval(self, count: int, losses_D: np.ndarray) -> None:
-        """Appends the loss-table rows of step `count`."""
+    def eval(self, count: int, losses_D: np.ndarray, shares_D: np.ndarray | None = None) -> None:
+        """Appends the loss-table rows of step `count`.
+
+        `shares_D` (online runs): the cumulative realised shares up to `count`, written as the rows'
+        proportions with `mixture=cumulative`; static runs write their fixed proportions.
+        """
+        p_D = self.proportions_D if shares_D is None else shares_D
+        kind = {} if shares_D is None else {"mixture": "cumulative"}
         if self.writer:
             loss_table.append_rows(self.losses_path, [
                 {"run": self.run_name, "model_size": self.model_size, "step": count,
                  "tokens": count * self.tokens_per_step,
-                 **{f"p_{d}": float(p) for d, p in zip(self.domains, self.proportions_D)},
+                 **{f"p_{d}": float(p) for d, p in zip(self.domains, p_D)}, **kind,
                  "eval_domain": d, "loss": float(x)}
                 for d, x in zip(self.domains, losses_D)
             ])
         logging.info("%s step %d eval: %s", self.run_name, count,
                      ", ".join(f"{d} {x:.4f}" for d, x in zip(self.domains, losses_D)))
 
-    def save(self, count: int, state: Any) -> None:
+    def save(self, count: int, state: Any, extra_meta: Mapping[str, Any] | None = None) -> None:
         self.ckpt.save(count, state, {"step": count, "tokens": count * self.tokens_per_step,
-                                      "data_fingerprint": self.fingerprint})
+                                      "data_fingerprint": self.fingerprint, **(extra_meta or {})})
 
     def is_eval_step(self, count: int) -> bool:
         return count % self.spec.train.eval_every == 0 or count == self.spec.train.steps

@@ -40,10 +40,12 @@ from bimix_jax.errors import InputError
 from bimix_jax.train.evaluate import EvalSet, build_eval_set, make_eval_fn
 from bimix_jax.model import DecoderConfig, format_size
 from bimix_jax.train.log import CHECKPOINT_DIR, LOSSES_FILE, METRICS_FILE, RunLog, shares  # noqa: F401 - re-exported
+from bimix_jax.train.segments import METHOD_FILE, ScheduleRunner, split_feedback
 from bimix_jax.train.state import RunSpec, init_state, make_optimizer, make_train_step
+from bimix_jax.online.schedule import MixingMethod
 
 CONFIG_FILE = "config.json"
-_COMPARED = ("run_name", "spec", "domains", "proportions", "data_fingerprint", "vocab_size")
+_COMPARED = ("run_name", "spec", "domains", "proportions", "schedule", "data_fingerprint", "vocab_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,18 +60,23 @@ class RunResult:
     final_losses: dict[str, float]  # eval domain -> validation loss at the last step (nats)
     realized_shares: dict[str, float]  # domain -> share of training rows drawn
     state: Any  # final TrainState (device arrays)
+    method_summary: dict | None = None  # online runs: the method's summary (`method.json`)
 
 
-def run_record(spec: RunSpec, tokens: DomainTokens, proportions_D: np.ndarray, run_name: str) -> dict:
+def run_record(spec: RunSpec, tokens: DomainTokens, proportions_D: np.ndarray | None, run_name: str,
+               method: MixingMethod | None = None) -> dict:
     """What `config.json` holds; two calls train the same run iff their records agree."""
-    return {
+    record = {
         "run_name": run_name,
         "spec": spec.to_dict(),
         "domains": list(tokens.domains),
-        "proportions": {d: float(p) for d, p in zip(tokens.domains, proportions_D)},
+        "proportions": None if proportions_D is None else {d: float(p) for d, p in zip(tokens.domains, proportions_D)},
         "data_fingerprint": tokens.fingerprint(),
         "vocab_size": tokens.vocab_size,
     }
+    if method is not None:
+        record["schedule"] = atomic.to_jsonable({"method": method.name, "settings": dataclasses.asdict(method)})
+    return record
 
 
 def check_run_name(run_name: str) -> None:
@@ -171,25 +178,38 @@ def train_run(
     run_name: str,
     devices: Sequence[jax.Device] | None = None,
     extra_config: dict | None = None,
+    method: MixingMethod | None = None,
+    feedback_tokens: int = 0,
 ) -> RunResult:
     """Trains (or resumes, or recognises as finished) one run; see the module docstring.
 
     Args:
       spec: the run spec (model, optimizer, training loop).
       tokens: the corpus; every domain is a training and an evaluation domain.
-      proportions_D: training mixture in `tokens.domains` order (validated, sums to 1).
+      proportions_D: training mixture in `tokens.domains` order (validated, sums to 1); None with `method`.
       workdir: the run's folder (created after every input has been validated).
       run_name: the `run` column of the loss table.
       devices: data-parallel devices (default: all).
       extra_config: stored in `config.json` for reference (e.g. the full config); not compared.
+      method: an online mixing method (`bimix_jax.online`): the run executes its schedule of segments and
+        hands it feedback losses (`bimix_jax.train.segments`); None trains `proportions_D` throughout.
+      feedback_tokens: training tokens per domain carved off as the feedback set (0: none; required > 0
+        with `method`). Static runs compared with online ones carve the same slice.
     """
     t, D = spec.train, len(tokens.domains)
     check_run_name(run_name)
-    proportions_D = check_proportions(proportions_D, D)
+    if method is None:
+        proportions_D = check_proportions(proportions_D, D)
+    elif feedback_tokens < 1:
+        raise InputError(f"online.feedback_tokens={feedback_tokens}: the {method.name} method needs feedback tokens "
+                         "(>= 1 per domain); set online.feedback_tokens")
     mesh = _mesh(devices, spec)
+    tokens, feedback = split_feedback(tokens, feedback_tokens, t.seq_len)
     buffers = sampler.train_buffers(tokens, t.seq_len)
     eval_np = build_eval_set(tokens, seq_len=t.seq_len, eval_tokens=t.eval_tokens, batch_size=t.eval_batch_size)
-    record = run_record(spec, tokens, proportions_D, run_name)
+    feedback_np = (build_eval_set(feedback, seq_len=t.seq_len, eval_tokens=feedback_tokens,
+                                  batch_size=t.eval_batch_size) if method is not None else None)
+    record = run_record(spec, tokens, None if method is not None else proportions_D, run_name, method)
     exists = check_workdir(workdir, record)
     # Every input is valid: from here on files are written.
     writer = jax.process_index() == 0
@@ -203,19 +223,29 @@ def train_run(
     data = jax.device_put(buffers, repl)
     eval_set = jax.device_put(eval_np, programs.eval_sharding)
     key_init, key_data = jax.random.split(jax.random.key(t.seed))
-    r_D = jax.device_put(np.asarray(proportions_D, np.float32), repl)
-
     log = RunLog(spec, tokens.domains, workdir, run_name=run_name, model_size=model_size,
-                 proportions_D=proportions_D, fingerprint=record["data_fingerprint"], writer=writer)
+                 proportions_D=proportions_D if method is None else np.full(D, np.nan),
+                 fingerprint=record["data_fingerprint"], writer=writer)
+    runner = summary = None
+    if method is not None:
+        feedback_set = jax.device_put(feedback_np, programs.eval_sharding)
+        runner = ScheduleRunner(method, total_steps=t.steps, seed=t.seed, workdir=workdir, writer=writer,
+                                feedback_fn=lambda params: np.asarray(
+                                    jax.device_get(programs.eval(params, feedback_set)), np.float64))
     try:
         start = log.latest_step()
         if start is None:
             state = programs.init(key_init)
             start_step = 0
         else:
-            state, _ = log.ckpt.restore(start, programs.abstract_state)
+            state, meta = log.ckpt.restore(start, programs.abstract_state)
             start_step = start
         log.forget_after(start_step)
+        if runner is not None:
+            if start is None:
+                runner.start_fresh(state, D)
+            else:
+                runner.resume(meta, start_step)
         done = start_step >= t.steps
         if done:
             logging.info("run %s in %s is complete (%d steps); nothing to do", run_name, workdir, start_step)
@@ -223,8 +253,16 @@ def train_run(
             logging.info("run %s: %s from step %d to %d (model %s non-embedding params, %d devices)", run_name,
                          "resuming" if start is not None else "starting", start_step, t.steps, model_size,
                          mesh.size)
-            state = _loop(t.steps, state, start_step, programs.train_step, programs.eval, data, eval_set, key_data,
-                          r_D, log)
+            if runner is None:
+                r_D = jax.device_put(np.asarray(proportions_D, np.float32), repl)
+                state = _loop(t.steps, state, start_step, programs.train_step, programs.eval, data, eval_set,
+                              key_data, r_D, log)
+            else:
+                state = _scheduled_loop(t.steps, state, start_step, programs, data, eval_set, key_data, log, runner,
+                                        repl)
+        if runner is not None:
+            summary = (runner.finish(state) if not done or not os.path.exists(os.path.join(workdir, METHOD_FILE))
+                       else atomic.read_json(os.path.join(workdir, METHOD_FILE), what="method summary"))
     finally:
         log.close()
     rows_D = np.asarray(jax.device_get(state.rows_D), np.int64)
@@ -232,6 +270,7 @@ def train_run(
         workdir=workdir, run_name=run_name, model_size=model_size, steps=t.steps,
         tokens=t.steps * t.batch_size * t.seq_len, resumed_from=start, already_complete=done,
         final_losses=log.final_losses(), realized_shares=shares(rows_D, tokens.domains), state=state,
+        method_summary=summary,
     )
 
 
@@ -258,6 +297,42 @@ def _loop(steps, state, start_step, train_step, eval_fn, data, eval_set, key_dat
             log.save(count, state)
     if pending is not None:
         log.settle(pending[0], jax.device_get(pending[1]))
+    return state
+
+
+def _scheduled_loop(steps, state, start_step, programs: Programs, data, eval_set, key_data, log: RunLog,
+                    runner: ScheduleRunner, repl):
+    """Steps `start_step + 1 .. steps` through the method's segments; returns the final state.
+
+    The proportions are a traced argument of the compiled step: a new segment's mixture never recompiles.
+    Checkpoints carry the method's state and the position in the schedule (`runner.meta()`).
+    """
+    step = start_step
+    while step < steps:
+        segment = runner.current(step, state)
+        r_D = jax.device_put(np.asarray(segment.proportions, np.float32), repl)
+        end = runner.segment_start + segment.steps
+        pending = None
+        for s in range(step, end):
+            state, metrics = programs.train_step(state, data, key_data, s, r_D)
+            count = s + 1
+            if pending is not None:
+                log.settle(pending[0], jax.device_get(pending[1]))
+            pending = (count, metrics)
+            if log.is_eval_step(count):
+                host = jax.device_get(metrics)
+                log.settle(count, host)
+                pending = None
+                eval_start = time.perf_counter()
+                losses = np.asarray(jax.device_get(programs.eval(state.params, eval_set)), np.float64)
+                rows = np.asarray(host["rows_D"], np.float64)
+                log.eval(count, losses, rows / max(rows.sum(), 1.0))
+                log.pause(time.perf_counter() - eval_start)
+            if log.is_checkpoint_step(count):
+                log.save(count, state, runner.meta())
+        if pending is not None:
+            log.settle(pending[0], jax.device_get(pending[1]))
+        step = end
     return state
 
 
