@@ -109,7 +109,7 @@ def check_workdir(workdir: str, record: dict) -> bool:
         return False
     old = atomic.read_json(path, what="run config")
     old_flat = _flatten({k: old.get(k) for k in _COMPARED})
-    new_flat = _flatten(atomic.to_jsonable({k: record[k] for k in _COMPARED}))
+    new_flat = _flatten(atomic.to_jsonable({k: record.get(k) for k in _COMPARED}))
     for key in sorted(set(old_flat) | set(new_flat)):
         if old_flat.get(key) != new_flat.get(key):
             raise InputError(
