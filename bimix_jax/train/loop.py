@@ -61,6 +61,7 @@ class RunResult:
     realized_shares: dict[str, float]  # domain -> share of training rows drawn
     state: Any  # final TrainState (device arrays)
     method_summary: dict | None = None  # online runs: the method's summary (`method.json`)
+    feedback_losses: list[float] | None = None  # per-domain loss on the feedback slice at the end (if carved)
 
 
 def run_record(spec: RunSpec, tokens: DomainTokens, proportions_D: np.ndarray | None, run_name: str,
@@ -208,7 +209,7 @@ def train_run(
     buffers = sampler.train_buffers(tokens, t.seq_len)
     eval_np = build_eval_set(tokens, seq_len=t.seq_len, eval_tokens=t.eval_tokens, batch_size=t.eval_batch_size)
     feedback_np = (build_eval_set(feedback, seq_len=t.seq_len, eval_tokens=feedback_tokens,
-                                  batch_size=t.eval_batch_size) if method is not None else None)
+                                  batch_size=t.eval_batch_size) if feedback_tokens > 0 else None)
     record = run_record(spec, tokens, None if method is not None else proportions_D, run_name, method)
     exists = check_workdir(workdir, record)
     # Every input is valid: from here on files are written.
@@ -226,12 +227,15 @@ def train_run(
     log = RunLog(spec, tokens.domains, workdir, run_name=run_name, model_size=model_size,
                  proportions_D=proportions_D if method is None else np.full(D, np.nan),
                  fingerprint=record["data_fingerprint"], writer=writer)
-    runner = summary = None
-    if method is not None:
+    runner = summary = feedback_fn = None
+    if feedback_np is not None:
         feedback_set = jax.device_put(feedback_np, programs.eval_sharding)
+
+        def feedback_fn(params):
+            return np.asarray(jax.device_get(programs.eval(params, feedback_set)), np.float64)
+    if method is not None:
         runner = ScheduleRunner(method, total_steps=t.steps, seed=t.seed, workdir=workdir, writer=writer,
-                                feedback_fn=lambda params: np.asarray(
-                                    jax.device_get(programs.eval(params, feedback_set)), np.float64))
+                                feedback_fn=feedback_fn)
     try:
         start = log.latest_step()
         if start is None:
@@ -271,6 +275,7 @@ def train_run(
         tokens=t.steps * t.batch_size * t.seq_len, resumed_from=start, already_complete=done,
         final_losses=log.final_losses(), realized_shares=shares(rows_D, tokens.domains), state=state,
         method_summary=summary,
+        feedback_losses=None if feedback_fn is None else feedback_fn(state.params).tolist(),
     )
 
 
