@@ -94,6 +94,7 @@ def test_resume_mid_probe_and_at_a_segment_boundary_is_bit_identical(aioli_run, 
     again = train_run(SPEC_ONLINE, synthetic_tokens(), None, w, run_name="aioli", method=AIOLI,
                       feedback_tokens=FEEDBACK)
     assert again.already_complete and again.method_summary == resumed.method_summary
+    assert _files(w) == _files(aioli_run.workdir)  # A finished run's files are left as they are.
 
 
 def test_doremi_proxy_and_refusals(tmp_path):

@@ -94,8 +94,9 @@ def check_prior(prior: Sequence[float] | None, num_domains: int, field: str) -> 
 
 
 def realized_steps(segments: Sequence[Mapping]) -> dict[str, int]:
-    """Steps per segment kind of a trajectory (list of segment records)."""
+    """Steps per segment kind of a trajectory: records with `kind` and `steps`, or `start` and `end`."""
     out = {k: 0 for k in KINDS}
     for s in segments:
-        out[s["kind"]] += int(s["steps"])
+        if s["kind"] in out:
+            out[s["kind"]] += int(s["steps"]) if "steps" in s else int(s["end"]) - int(s["start"])
     return out

@@ -245,12 +245,13 @@ def train_run(
             state, meta = log.ckpt.restore(start, programs.abstract_state)
             start_step = start
         log.forget_after(start_step)
-        if runner is not None:
+        done = start_step >= t.steps
+        finished_method = done and os.path.exists(os.path.join(workdir, METHOD_FILE))
+        if runner is not None and not finished_method:
             if start is None:
                 runner.start_fresh(state, D)
             else:
                 runner.resume(meta, start_step)
-        done = start_step >= t.steps
         if done:
             logging.info("run %s in %s is complete (%d steps); nothing to do", run_name, workdir, start_step)
         else:
@@ -265,8 +266,8 @@ def train_run(
                 state = _scheduled_loop(t.steps, state, start_step, programs, data, eval_set, key_data, log, runner,
                                         repl)
         if runner is not None:
-            summary = (runner.finish(state) if not done or not os.path.exists(os.path.join(workdir, METHOD_FILE))
-                       else atomic.read_json(os.path.join(workdir, METHOD_FILE), what="method summary"))
+            summary = (atomic.read_json(os.path.join(workdir, METHOD_FILE), what="method summary")
+                       if finished_method else runner.finish(state))
     finally:
         log.close()
     rows_D = np.asarray(jax.device_get(state.rows_D), np.int64)
