@@ -20,8 +20,8 @@ from bimix_jax.pipeline.spec import PipelineSpec, check_workdir_config
 from configs import pipeline_tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CANDIDATES = ["baseline", "se", "ce", "je", "vne"]
-RUNS = [*CANDIDATES, "optimized", "baseline-seed1"]
+CANDIDATES = ["uniform", "baseline", "se", "ce", "je", "vne"]
+RUNS = [*CANDIDATES, "optimized", "uniform-seed1", "optimized-seed1"]
 
 
 def config(**pipeline_fields):
@@ -58,7 +58,7 @@ def test_outputs_are_complete_and_consistent(finished):
     table = loss_table.read_csv(os.path.join(w, "losses.csv"))
     assert sorted(table.runs) == sorted(RUNS)
     cand = loss_table.read_csv(os.path.join(w, "losses_candidates.csv"))
-    assert list(cand.runs) == CANDIDATES and len(cand) == 5 * 6 * 5  # 5 runs x 6 evaluations x 5 domains
+    assert list(cand.runs) == CANDIDATES and len(cand) == 6 * 6 * 5  # 6 runs x 6 evaluations x 5 domains
     # The recommended mixture: on the simplex, above the floor, the run trained on it, exports agree.
     mix = finished.mixture
     assert sum(mix.values()) == pytest.approx(1, abs=1e-9) and min(mix.values()) >= 0.01 - 1e-12
@@ -75,7 +75,7 @@ def test_outputs_are_complete_and_consistent(finished):
         assert max(abs(c["mixture"][d] - c["realized_shares"][d]) for d in c["mixture"]) < 0.05
     comp = rep["comparison"]
     assert sorted(r["run"] for r in comp) == sorted([*CANDIDATES, "optimized"])
-    assert [r["rank"] for r in comp] == list(range(1, 7))
+    assert [r["rank"] for r in comp] == list(range(1, 8))
     assert all(a["observed_average"] <= b["observed_average"] for a, b in zip(comp, comp[1:]))
     observed = {r["run"]: r["observed_average"] for r in comp}
     for run in observed:  # the average is the mean of the run's last-step losses in its loss table
@@ -83,6 +83,13 @@ def test_outputs_are_complete_and_consistent(finished):
         assert observed[run] == pytest.approx(float(np.mean(last.loss)), rel=1e-12)
     assert sorted(rep["heldout"]["leave_one_out"]) == sorted(CANDIDATES)
     assert rep["seed_noise"]["n"] == 2 and rep["seed_noise"]["std"] > 0
+    # Paired per seed with uniform (the first candidate: also trained with the noise seed) and the best candidate.
+    last_avg = {r: float(np.mean(table.loss[(table.run == r) & (table.step == 24)])) for r in table.runs}
+    want = [last_avg["optimized"] - last_avg["uniform"], last_avg["optimized-seed1"] - last_avg["uniform-seed1"]]
+    assert rep["paired"]["uniform"]["differences"] == pytest.approx(want, rel=1e-9)
+    best = min(CANDIDATES, key=lambda r: last_avg[r])
+    assert rep["paired"][best]["seeds"] == (2 if best == "uniform" else 1)
+    assert "Paired with uniform seed by seed" in rep["verdict"]
     assert set(rep["validation"]["at_last_step"]) == set(table.domains)
     md = open(finished.paths["report_md"]).read()
     assert rep["verdict"] in md and all(f"{r['observed_average']:.4f}" in md for r in comp)
@@ -166,7 +173,7 @@ def test_changed_settings_redo_later_stages_or_are_refused(finished, tmp_path):
         c = config()
         c.train.steps = 30
         pipeline.run_pipeline(c, w)
-    with pytest.raises(InputError, match=r"another config \(pipeline.candidates: 'baseline,se,ce,je,vne' there"):
+    with pytest.raises(InputError, match=r"another config \(pipeline.candidates: 'uniform,baseline,se,ce,je,vne' there"):
         pipeline.run_pipeline(config(candidates="baseline,se"), w)
     # More bootstrap replicates: the mixture stage and the report are redone; the runs are kept.
     metrics = open(os.path.join(w, "runs", "optimized", "metrics.jsonl")).read()
@@ -287,7 +294,7 @@ def test_vmapped_proxies_match_separate_ones(finished, tmp_path):
     w = str(tmp_path / "vmapped")
     shutil.copytree(os.path.join(finished.workdir, "data"), os.path.join(w, "data"))
     got = pipeline.run_pipeline(config(vmap=True), w)
-    for name in [*CANDIDATES, "baseline-seed1"]:
+    for name in [*CANDIDATES, "uniform-seed1", "optimized-seed1"]:
         a, b = (loss_table.read_csv(os.path.join(d, "runs", name, "losses.csv")) for d in (w, finished.workdir))
         np.testing.assert_array_equal(a.step, b.step)
         np.testing.assert_allclose(a.loss, b.loss, rtol=1e-5)  # float32 summation order only

@@ -21,7 +21,7 @@ from bimix_jax.laws.base import FittedLaw
 from bimix_jax.loss_table import LossTable
 
 REPORT_FORMAT = "bimix_jax.pipeline_report"
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 PLOTS = {"loss_curves": "loss curves of every run, per eval domain and averaged",
          "fit": "the fitted law (lines) against every run's checkpoints in the fit window (the recommended run was "
                 "not fitted), with the last-step test",
@@ -119,6 +119,7 @@ def build(inp: ReportInputs) -> dict[str, Any]:
             "curve": {k: {"mean": v["mean"], "worst": v["worst"], "pooled": v["pooled"]}
                       for k, v in val["curve"].items()}},
         "seed_noise": val.get("seed_noise"),
+        "paired": val.get("paired", {}),
         "comparison": comparison,
         "verdict": _verdict(val),
         "plots": {name: f"plots/{name}.png" for name in PLOTS},
@@ -141,6 +142,10 @@ def _verdict(val: Mapping[str, Any]) -> str:
         text = (f"The recommended mixture does not beat every candidate: it ranks {rec['rank']} of {n} by observed "
                 f"average validation loss ({rec['observed_average']:.4f} nats); the best run is {best} with "
                 f"{runs[best]['observed_average']:.4f}, {-diff:.4f} lower.")
+    for ref, p in val.get("paired", {}).items():
+        text += (f" Paired with {ref} seed by seed (recommended minus {ref}): "
+                 + ", ".join(f"{x:+.4f}" for x in p["differences"])
+                 + f" nats; the recommended mixture is lower at {p['recommended_wins']} of {p['seeds']} seed(s).")
     noise = val.get("seed_noise")
     if not noise:
         return text + (" Each mixture was trained once, with the same seed; how much these numbers vary from seed "

@@ -216,13 +216,22 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     opt_result = train_run(run_spec, tokens, r_opt, opt_dir, run_name=OPTIMIZED,
                            extra_config={**cfg, "pipeline_run": OPTIMIZED})
     proxies["realized_shares"][OPTIMIZED] = opt_result.realized_shares
+    # The recommended mixture with the noise seeds too: paired per-seed differences against the first candidate.
+    rec_noise_tables = {}
+    for k in range(1, spec.noise_seeds + 1):
+        name = f"{OPTIMIZED}-seed{t.seed + k}"
+        seed_spec = dataclasses.replace(run_spec, train=dataclasses.replace(t, seed=t.seed + k))
+        train_run(seed_spec, tokens, r_opt, os.path.join(workdir, RUNS_DIR, name), run_name=name,
+                  extra_config={**cfg, "pipeline_run": name})
+        rec_noise_tables[name] = _read_table(os.path.join(workdir, RUNS_DIR, name))
     tables = {**cand_tables, OPTIMIZED: _read_table(opt_dir)}
-    all_table = loss_table.concat([*tables.values(), *noise_tables.values()], source="losses.csv")
+    all_table = loss_table.concat([*tables.values(), *noise_tables.values(), *rec_noise_tables.values()],
+                                  source="losses.csv")
     atomic.write_text(os.path.join(workdir, "losses.csv"), all_table.to_csv())
     fp_val = provenance.fingerprint("validation", fp_mix, provenance.sha256_bytes(all_table.to_csv().encode()))
     val_out, _ = store.run("validation", fp_val, lambda: stages.validation_stage(
         fitted, tables, recommended=OPTIMIZED, last_step=float(t.steps), min_step=spec.fit_min_step,
-        weights=mix_out["weights"], noise_tables=noise_tables))
+        weights=mix_out["weights"], noise_tables=noise_tables, recommended_noise_tables=rec_noise_tables))
 
     # The report.
     fp_rep = provenance.fingerprint("report", fp_val, proxies, report.REPORT_VERSION)
@@ -234,7 +243,7 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
             proxies=proxies, fit=fit_out, mixture=mix_out, validation=val_out, table=all_table, fitted=fitted,
             timing={name: _seconds(store, name) for name in ("candidates", "proxies", "fit", "mixture", "validation")},
             provenance={"code": code, "invocations": history},
-            files=_file_hashes(workdir, [*names, *noise]))
+            files=_file_hashes(workdir, [*names, *noise, *rec_noise_tables]))
         rep_start = time.perf_counter()
         report.write(workdir, inputs)
         store.save("report", fp_rep, {"files": list(paths)}, time.perf_counter() - rep_start)

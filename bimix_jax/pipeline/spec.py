@@ -50,7 +50,7 @@ def _field_error(e: InputError) -> InputError:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineSpec:
-    candidates: str = "baseline,se,ce,je,vne"
+    candidates: str = "uniform,baseline,se,ce,je,vne"
     extra_candidates: str = ""
     entropy_temperature: float = 1.0
     entropy_sequence_length: int = 0

@@ -119,13 +119,16 @@ def _observed_at(name: str, table: LossTable, last_step: float, weights: Mapping
 
 def validation_stage(fitted: FittedLaw, tables: Mapping[str, LossTable], *, recommended: str, last_step: float,
                      min_step: float, weights: Mapping[str, float],
-                     noise_tables: Mapping[str, LossTable] | None = None) -> dict:
+                     noise_tables: Mapping[str, LossTable] | None = None,
+                     recommended_noise_tables: Mapping[str, LossTable] | None = None) -> dict:
     """Predicted vs observed for the recommended run; every run's observed average loss at `last_step`.
 
     `tables` maps each run (candidates and the recommended one) to its loss table; `weights` are the
     objective's weights over the eval domains (their weighted mean is "the average validation loss").
     `noise_tables` are runs of the first candidate's mixture with other seeds: the spread of its average
-    loss over seeds is reported as `seed_noise`.
+    loss over seeds is reported as `seed_noise`. `recommended_noise_tables` are the recommended mixture with
+    the same other seeds (in the same order): `paired` holds the per-seed differences (recommended minus
+    reference) against the first candidate, `uniform` and the best candidate, over the seeds both have.
     """
     runs = {}
     for name, table in tables.items():
@@ -159,7 +162,21 @@ def validation_stage(fitted: FittedLaw, tables: Mapping[str, LossTable], *, reco
         seed_noise = {"mixture_of": first, "observed_average": averages, "mean": float(values.mean()),
                       "std": float(values.std(ddof=1)), "n": int(values.size)}
     best_candidate = min((n for n in runs if n != recommended), key=lambda n: runs[n]["observed_average"])
+    first = next(iter(tables))
+    per_seed = {n: [runs[n]["observed_average"]] for n in runs}
+    for group, name in ((noise_tables, first), (recommended_noise_tables, recommended)):
+        for n, t in (group or {}).items():
+            per_seed[name].append(_weighted(_observed_at(n, t, last_step, weights), weights))
+    paired = {}
+    for ref in dict.fromkeys([first, "uniform", best_candidate]):
+        if ref in per_seed and ref != recommended:
+            n = min(len(per_seed[ref]), len(per_seed[recommended]))
+            d = np.array(per_seed[recommended][:n]) - np.array(per_seed[ref][:n])
+            paired[ref] = {"differences": d.tolist(), "mean": float(d.mean()),
+                           "std": float(d.std(ddof=1)) if n > 1 else None, "seeds": n,
+                           "recommended_wins": int(np.sum(d < 0))}
     return {
+        "paired": paired,
         "last_step": float(last_step),
         "weights": dict(weights),
         "runs": runs,
