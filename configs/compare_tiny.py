@@ -19,7 +19,7 @@ from configs.common import parse_arg
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = parse_arg(arg, runlocal=False)
     c = tiny.get_config("runlocal" if arg.runlocal else None)
-    del c.mixture, c.normalize_mixture, c.run_name  # every run's mixture comes from its method
+    del c.mixture, c.normalize_mixture, c.run_name, c.online  # every run's mixture comes from its method
     c.optim.schedule = "exponential"
     c.train.eval_every = 20
 

@@ -23,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = parse_arg(arg, runlocal=False)
     c = tiny.get_config("runlocal" if arg.runlocal else None)
     # The pipeline chooses every run's mixture and name itself.
-    del c.mixture, c.normalize_mixture, c.run_name
+    del c.mixture, c.normalize_mixture, c.run_name, c.online
     # Changed from tiny.py: the BiMix paper's schedule (exponential decay to 1/10), and an evaluation
     # every 20 steps, so each proxy gives 15 checkpoints to fit (tiny.py: cosine, every 50).
     c.optim.schedule = "exponential"

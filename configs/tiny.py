@@ -59,6 +59,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 2  # most recent checkpoints kept
     c.train.log_every = 25  # steps between metrics.jsonl records and progress lines
 
+    # How the mixture evolves during training (bimix_jax/online/spec.py): 'static' trains `mixture` throughout;
+    # 'aioli' starts from uniform and learns the mixture online (Chen et al.; settings below). DoReMi needs a
+    # reference run: see experiments/compare_methods.py.
+    c.online = ml_collections.ConfigDict()
+    c.online.method = "static"
+    c.online.feedback_tokens = 1024  # training tokens per domain held out as the online method's feedback set
+    c.online.aioli = ml_collections.ConfigDict()
+    c.online.aioli.round_steps = 100  # K, steps per round (probes included)
+    c.online.aioli.sweeps = 2  # R, LearnParams sweeps over the domains per round
+    c.online.aioli.probe_steps = 4  # S, steps per probe
+    c.online.aioli.one_hot_factor = 0.75  # f, the probed domain's weight in its probe mixture
+    c.online.aioli.eta = 1.0  # exponentiated-gradient step size
+    c.online.aioli.ema = -1.0  # EMA gamma of A; < 0 = off
+
     if arg.runlocal:  # A smoke test: seconds, not a meaningful loss.
         c.data.embedded_chars_per_domain = 60_000
         c.data.vocab_size = 512

@@ -8,7 +8,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLABS = os.path.join(REPO, "colabs")
-NOTEBOOKS = ("quickstart.ipynb", "fit_your_losses.ipynb")
+NOTEBOOKS = ("quickstart.ipynb", "fit_your_losses.ipynb", "online_mixing.ipynb")
 
 
 def _execute(name: str, env: dict, timeout: int = 240) -> str:
@@ -52,6 +52,15 @@ def test_quickstart_runs_the_pipeline(tmp_path):
     assert "the recommended mixture sums to 1.000000" in out
     assert out.count("<image/png,text/plain>") == 4
     assert re.search(r" 1\. +\w+ +observed \d\.\d{4}", out) and "<- recommended" in out
+    assert os.path.isfile(tmp_path / "w" / "report.md")
+
+
+def test_online_mixing_compares_methods(tmp_path):
+    out = _execute("online_mixing.ipynb", {"BIMIX_WORKDIR": str(tmp_path / "w"), "BIMIX_CONFIG_ARG": "runlocal",
+                                           "BIMIX_METHODS": "stratified,aioli", "BIMIX_SEEDS": "0",
+                                           "JAX_PLATFORMS": "cpu"})
+    assert re.search(r"[01] of 1 methods beat stratified", out)
+    assert "aioli round 1 (step 10)" in out and out.count("<image/png,text/plain>") == 3
     assert os.path.isfile(tmp_path / "w" / "report.md")
 
 

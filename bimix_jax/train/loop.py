@@ -43,6 +43,7 @@ from bimix_jax.train.log import CHECKPOINT_DIR, LOSSES_FILE, METRICS_FILE, RunLo
 from bimix_jax.train.segments import METHOD_FILE, ScheduleRunner, split_feedback
 from bimix_jax.train.state import RunSpec, init_state, make_optimizer, make_train_step
 from bimix_jax.online.schedule import MixingMethod
+from bimix_jax.online.spec import OnlineSpec
 
 CONFIG_FILE = "config.json"
 _COMPARED = ("run_name", "spec", "domains", "proportions", "schedule", "data_fingerprint", "vocab_size")
@@ -351,6 +352,9 @@ def train_from_config(config: Mapping, workdir: str) -> RunResult:
     """
     spec = RunSpec.from_config(config)
     data_spec = DataSpec.from_config(config["data"])
+    online = OnlineSpec.from_config(config.get("online"))
+    if online.method == "doremi":
+        raise InputError("online.method='doremi' needs a reference run; use experiments/compare_methods.py")
     mixture, normalize = str(config["mixture"]), bool(config["normalize_mixture"])
     parsed = sampler.parse_mixture(mixture)
     if isinstance(parsed, dict):  # Weights now; domain names too when the config lists the domains.
@@ -362,8 +366,10 @@ def train_from_config(config: Mapping, workdir: str) -> RunResult:
         proportions_D = sampler.resolve_mixture(mixture, tokens, normalize=normalize)
         logging.info("mixture %s: %s", mixture, ", ".join(f"{d}={p:.4g}" for d, p in zip(tokens.domains,
                                                                                           proportions_D)))
-        return train_run(spec, tokens, proportions_D, workdir, run_name=run_name,
-                         extra_config=config.to_dict() if hasattr(config, "to_dict") else dict(config))
+        method = online.build(len(tokens.domains))
+        return train_run(spec, tokens, None if method else proportions_D, workdir, run_name=run_name,
+                         extra_config=config.to_dict() if hasattr(config, "to_dict") else dict(config),
+                         method=method, feedback_tokens=online.feedback_tokens if method else 0)
     except InputError:
         if created and os.path.isdir(workdir) and not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
             shutil.rmtree(workdir, ignore_errors=True)
