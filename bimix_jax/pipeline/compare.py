@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,8 +38,8 @@ from bimix_jax.data.spec import DataSpec
 from bimix_jax.entropy import counts as entropy_counts
 from bimix_jax.entropy.vne import EmbedConfig
 from bimix_jax.errors import InputError
-from bimix_jax.laws import fit_law
-from bimix_jax.mixture import constraints, optimize
+from bimix_jax.laws import FittedLaw, fit_law
+from bimix_jax.mixture import constraints
 from bimix_jax.online import doremi
 from bimix_jax.online.schedule import realized_steps
 from bimix_jax.online.spec import OnlineSpec
@@ -169,14 +170,24 @@ def compare_methods(config: Mapping, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     _check_workdir(workdir, cfg)
     short = _short_spec(run_spec, cspec.restricted_fraction)
-    prepared = prepare_data(data_spec, workdir)
-    tokens = prepared.tokens
-    D, T = len(tokens.domains), run_spec.train.steps
-    as_aioli, as_doremi = (dataclasses.replace(online, method=m) for m in ("aioli", "doremi"))
-    aioli = as_aioli.build(D) if {"aioli", "aioli_restricted"} & set(cspec.methods) else None
-    if "aioli_restricted" in cspec.methods and aioli.config.sweeps * D * aioli.config.probe_steps >= T - short.train.steps:
-        raise InputError("compare.restricted_fraction leaves too few steps after the prior for one Aioli round; "
-                         "lower it or online.aioli.round_steps")
+    created = not os.path.exists(workdir)
+    try:  # Checks that need the corpus; a workdir this call created is removed again on bad input.
+        prepared = prepare_data(data_spec, workdir)
+        tokens = prepared.tokens
+        D, T = len(tokens.domains), run_spec.train.steps
+        n_static = len(set(cspec.methods) & set(STATIC))
+        if "dml" in cspec.methods and n_static < D + 1:
+            raise InputError(f"compare.methods: dml fits the Data Mixing Law on the static methods' runs and needs at "
+                             f"least {D + 1} of them for {D} domains (it has {n_static}); add static methods or drop dml")
+        as_aioli, as_doremi = (dataclasses.replace(online, method=m) for m in ("aioli", "doremi"))
+        aioli = as_aioli.build(D) if {"aioli", "aioli_restricted"} & set(cspec.methods) else None
+        if "aioli_restricted" in cspec.methods and aioli.config.sweeps * D * aioli.config.probe_steps >= T - short.train.steps:
+            raise InputError("compare.restricted_fraction leaves too few steps after the prior for one Aioli round; "
+                             "lower it or online.aioli.round_steps")
+    except InputError:
+        if created:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
     atomic.write_json(os.path.join(workdir, CONFIG_FILE), {"format": CONFIG_FORMAT, "config": atomic.to_jsonable(cfg)})
     store = provenance.StageStore(workdir)
     runs = _Runs(workdir, run_spec, tokens, online.feedback_tokens, cfg)
@@ -287,13 +298,18 @@ def _static_mixtures(prepared, cspec: CompareSpec, store: provenance.StageStore)
 
 
 def _law_mixture(law: str, table: loss_table.LossTable, cspec: CompareSpec, steps: int, tokens) -> dict:
+    """The law's optimal mixture at `steps`: BiMix through the pipeline's fit and mixture stages, the Data Mixing
+    Law (Ye et al.) through the same fitter and optimizer."""
     rows = stages.fit_table(table, cspec.fit_min_step)
-    fitted = fit_law(rows, "bimix" if law == "bimix" else "ye", n_starts=cspec.fit_n_starts)
+    options = stages.fit_options(cspec.fit_n_starts, "l2", 0.05)
+    if law == "bimix":
+        fitted = FittedLaw.from_json(stages.fit_stage(table, min_step=cspec.fit_min_step, options=options,
+                                                      leave_one_out=False)["law"])
+    else:
+        fitted = fit_law(rows, "ye", **options)
     bounds = constraints.make_bounds(tokens.domains, min_floor=cspec.min_floor)
     natural = tokens.natural_proportions()
-    with jax.enable_x64(True):
-        rep = optimize.optimize_mixture(fitted, step=float(steps), weights=None, bounds=bounds,
-                                        baseline={d: natural[d] for d in tokens.domains},
-                                        proportion_range=stages.proportion_range(rows))
-    return {"mixture": rep["mixture"], "predicted_average_loss": rep.get("predicted", {}),
+    rep = stages.mixture_stage(fitted, rows, step=float(steps), weights=None, bounds=bounds,
+                               baseline_D=np.array([natural[d] for d in tokens.domains]), n_boot=0, seed=0)
+    return {"mixture": rep["mixture"], "predicted_loss": rep.get("predicted_loss"), "warnings": rep.get("warnings"),
             "fit_summary": fitted.summary, "law": law}
