@@ -130,6 +130,9 @@ def finish(prep: Prepared, sol: lm.Solution) -> FittedLaw:
         "domains": {e: {"params": {k: np.asarray(v[g]).tolist() for k, v in params.items()},
                         "convergence": convergence[e], "data": data.get(e, {})} for g, e in enumerate(domains)},
     })
+    if prep.problem.report is not None:
+        for e, extra in prep.problem.report(params).items():
+            summary["domains"][e].update(extra)
     return FittedLaw(law=prep.law.name, version=prep.law.version, train_domains=prep.law.train_domains,
                      eval_domains=domains, params=params, target_step=prep.problem.target_step, summary=summary)
 
