@@ -34,6 +34,7 @@ def test_c_stays_below_the_smallest_loss_and_the_bound_is_reported():
         assert (d["c_at_bound"] == "min_loss") == (d["c_over_min_loss"] > 1 - ye_bounded.AT_BOUND)
 
 
+@pytest.mark.slow
 def test_ridge_shrinks_the_exponents():
     table = make_table(noise=0.01, seed=2)
     norms = [np.linalg.norm(fit_law(table, "ye", ridge=lam).params["t"], axis=1) for lam in (0.0, 1.0)]

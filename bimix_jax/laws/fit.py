@@ -146,6 +146,8 @@ def describe(fitted: FittedLaw) -> str:
                 f"{s.get('points_step_law', 0)} from step laws)"
     if s.get("rows_excluded_zero_proportion"):
         head += f"; excluded {s['rows_excluded_zero_proportion']} rows with own proportion 0"
+    if isinstance(s.get("step_min"), dict):
+        head += "; first fitted step (backtested) " + ", ".join(f"{e} {v:g}" for e, v in s["step_min"].items())
     lines = [head]
 
     def fmt(v):
