@@ -176,6 +176,11 @@ def describe(fitted: FittedLaw) -> str:
 
 def fit_law(table: LossTable, law: str, **options: Any) -> FittedLaw:
     """Fits `law` to `table` (all eval domains x starts in one compiled call). See the module docstring."""
+    if hasattr(get_law(law), "fit_direct"):  # Regression laws: closed form, no curve fit.
+        table = table.for_model_size(options.pop("model_size", None))
+        domains = options.pop("eval_domains", None)
+        table = table.for_eval_domains(domains) if domains else table
+        return get_law(law)(table.domains, domains or table.eval_domains).fit_direct(table, **options)
     prep = prepare(table, law, **options)
     sol = lm.solve(prep.problem.model, prep.x, prep.logy, prep.w, prep.options)
     return finish(prep, sol)
