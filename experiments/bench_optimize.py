@@ -12,7 +12,9 @@ projected gradient (the jitted programs `optimize_mixture` uses):
   solver, a compiled `lax.map` loop for projected gradient);
 * projected gradient: iterations, and `max_abs_diff_vs_exact` of its mixture.
 `scipy_slsqp` solves the same problem with `scipy.optimize.minimize(method='SLSQP')` and the analytic
-gradient (the paper's "Lagrange multipliers and numerical methods (SciPy)"), for reference.
+gradient (the paper's "Lagrange multipliers and numerical methods (SciPy)"), for reference; `scipy_brentq`
+solves the exact solver's own optimality equation with scipy's scalar root finder (the fair baseline; its
+time over the exact solver's comes first, `fair_ratio_brentq_over_exact`).
 `report_warm_ms` is a whole `optimize_mixture` call (solve, KKT check, references, JSON) once compiled.
 The laws are random with the parameter ranges of real fits (alpha 0.02..0.5, beta 0.1..0.8).
 """
@@ -76,6 +78,26 @@ def _scipy(params, s, w, lo, hi, repeats):
     return solve(), _timed(solve, max(3, repeats // 4))
 
 
+def _brentq(params, s, w, lo, hi, repeats):
+    """The same optimality equation as the exact solver, sum_i clip(r_i(lam), lo, hi) = 1 in log lambda, solved
+    by scipy's scalar root finder `brentq` (the fair baseline of the bisection)."""
+    from scipy.optimize import brentq
+
+    K = w * (params["a"] * s ** (-params["beta"]) + params["c"])
+    logak, al = np.log(params["alpha"] * K), params["alpha"]
+
+    def r_of(loglam):
+        return np.clip(np.exp((logak - loglam) / (al + 1.0)), lo, hi)
+
+    low = float(np.min(logak - (al + 1.0) * np.log(hi))) - 1.0
+    high = float(np.max(logak - (al + 1.0) * np.log(lo))) + 1.0
+
+    def solve():
+        return r_of(brentq(lambda z: r_of(z).sum() - 1.0, low, high, xtol=1e-14, rtol=4 * np.finfo(float).eps))
+
+    return solve(), _timed(solve, repeats)
+
+
 def bench_one(D: int, dtype: str, capped: bool, rng, repeats: int, batch: int) -> dict:
     import jax
     import jax.numpy as jnp
@@ -117,6 +139,10 @@ def bench_one(D: int, dtype: str, capped: bool, rng, repeats: int, batch: int) -
     r_sp, t_sp = _scipy({k: np.asarray(v, np.float64) for k, v in p1.items()}, 2e4, np.full(D, 1.0 / D),
                         np.asarray(lo, np.float64), np.asarray(hi, np.float64), repeats)
     out["scipy_slsqp"] = {"run_ms": t_sp, "max_abs_diff_vs_exact": float(np.max(np.abs(r_sp - r_ex)))}
+    r_bq, t_bq = _brentq({k: np.asarray(v, np.float64) for k, v in p1.items()}, 2e4, np.full(D, 1.0 / D),
+                         np.asarray(lo, np.float64), np.asarray(hi, np.float64), repeats)
+    out["scipy_brentq"] = {"run_ms": t_bq, "max_abs_diff_vs_exact": float(np.max(np.abs(r_bq - r_ex)))}
+    out = {"fair_ratio_brentq_over_exact": t_bq["median"] / out["exact"]["run_ms"]["median"], **out}
     fitted = FittedLaw("bimix", 1, domains, domains, {k: np.asarray(v, np.float64) for k, v in p1.items()})
     bounds = constraints.make_bounds(domains, caps={d: float(hi[0]) for d in domains} if capped else None,
                                      min_floor=1e-4)

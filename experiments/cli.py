@@ -117,3 +117,15 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
         gc.freeze()
 
     app.run(_main, flags_parser=_parse_flags)
+
+
+def number_or(value: str, name: str, word: str | None = None) -> float | str:
+    """Parses a flag that takes a number or (when `word` is given) that word; InputError naming the flag otherwise."""
+    from bimix_jax.errors import InputError
+
+    if word is not None and value.strip() == word:
+        return word
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(f"--{name}={value!r} must be a number" + (f" or {word!r}" if word else "")) from None

@@ -34,7 +34,10 @@ _HOLDOUT_RUNS = flags.DEFINE_list("holdout_runs", None, "Runs to hold out with -
                                   "crc32 of the proportions divisible by 4).")
 _TARGET_STEP = flags.DEFINE_float("target_step", None, "ye: the step the law is fitted at (default: the largest "
                                   "step in the table).")
-_STEP_MIN = flags.DEFINE_float("step_min", None, "ye: checkpoints below this step are not used by the step law.")
+_STEP_MIN = flags.DEFINE_string("step_min", None, "ye: checkpoints below this step are not used by the step law; "
+                                "bimix: the first fitted step, or 'auto' (chosen by backtesting in the fit data).")
+_YE_BOUNDED = flags.DEFINE_bool("ye_bounded", True, "ye: keep 0 <= c < the smallest observed loss of each domain.")
+_YE_RIDGE = flags.DEFINE_string("ye_ridge", None, "ye: ridge strength on the exponents t, or 'cv' (k-fold CV).")
 _PLOT = flags.DEFINE_string("plot", None, "Figure to write (png, pdf, svg; by extension).")
 _N_STARTS = flags.DEFINE_integer("n_starts", 4, "Solver starts per eval domain.")
 _LOSS = flags.DEFINE_enum("loss", "l2", ["l2", "huber"], "Fit objective on log loss.")
@@ -65,11 +68,18 @@ def main(argv: Sequence[str]) -> None:
 
     law = _LAW.value
     law_options = {}
-    for flag, name in ((_TARGET_STEP, "target_step"), (_STEP_MIN, "step_min")):
-        if flag.value is not None:
-            if law != "ye":
-                raise InputError(f"--{name} applies to --law=ye only; drop it")
-            law_options[name] = flag.value
+    if _TARGET_STEP.value is not None:
+        if law != "ye":
+            raise InputError("--target_step applies to --law=ye only; drop it")
+        law_options["target_step"] = _TARGET_STEP.value
+    if _STEP_MIN.value is not None:
+        law_options["step_min"] = cli.number_or(_STEP_MIN.value, "step_min", "auto" if law == "bimix" else None)
+    if _YE_RIDGE.value is not None or not _YE_BOUNDED.value:
+        if law != "ye":
+            raise InputError("--ye_ridge and --ye_bounded apply to --law=ye only; drop them")
+        law_options["bounded"] = _YE_BOUNDED.value
+        if _YE_RIDGE.value is not None:
+            law_options["ridge"] = cli.number_or(_YE_RIDGE.value, "ye_ridge", "cv")
     if _HOLDOUT_RUNS.value and _HOLDOUT.value != "mixtures":
         raise InputError("--holdout_runs needs --holdout=mixtures")
     if _N_BOOT.value < 0:

@@ -86,6 +86,8 @@ class FitProblem:
     check_rows: Callable[[int, np.ndarray], str | None]
     summary: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     target_step: float | None = None
+    # Per-eval-domain facts about fitted natural parameters (e.g. a parameter at its bound), or None.
+    report: Callable[[dict[str, np.ndarray]], dict[str, dict]] | None = None
 
 
 _REGISTRY: dict[str, type[Law]] = {}

@@ -176,9 +176,12 @@ class BiMix(Law):
         if np.any(s <= 0):
             raise InputError(f"step {float(np.min(s)):g} must be positive")
 
-    def fit_problem(self, table, options: lm.SolverOptions, **law_options) -> FitProblem:
-        if law_options:
-            raise InputError(f"law bimix takes no option {sorted(law_options)[0]!r}; remove it")
+    def fit_problem(self, table, options: lm.SolverOptions, *, step_min: float | str = 0.0) -> FitProblem:
+        """step_min: checkpoints below it are not fitted; 'auto': chosen per eval domain by backtesting (`backtest`)."""
+        if not (step_min == "auto" or (isinstance(step_min, (int, float)) and np.isfinite(step_min))):
+            raise InputError(f"bimix step_min={step_min!r} must be a step or 'auto'")
+        if step_min != "auto":
+            table = table.subset(table.step >= float(step_min), what=f"rows at step >= {step_min:g}")
         xs, logys, runs, ls_ref, per_domain = [], [], [], [], {}
         for e, j in zip(self.eval_domains, self.own_index):
             rows = table.eval_domain == e
@@ -201,6 +204,16 @@ class BiMix(Law):
                 "proportions": sorted(set(np.round(table.p[use, j], 6).tolist())),
                 "steps": [float(table.step[use].min()), float(table.step[use].max())],
             }
+        model = BiMixProfiledCurve() if options.loss == "l2" else BiMixCurve()
+        summary_extra = {}
+        if step_min == "auto":
+            first_E, scores = backtest(model, xs, logys, ls_ref, options)
+            for g, e in enumerate(self.eval_domains):
+                keep = xs[g][:, 1] + ls_ref[g] >= np.log(first_E[g]) - 1e-9
+                xs[g], logys[g], runs[g] = xs[g][keep], logys[g][keep], runs[g][keep]
+                per_domain[e].update({"rows_used": int(keep.sum()), "step_min": float(first_E[g]),
+                                      "backtest_mre_pct": scores[g]})
+            summary_extra["step_min"] = {e: float(v) for e, v in zip(self.eval_domains, first_E)}
         ls_ref_E = np.array(ls_ref)
         eval_domains = self.eval_domains
 
@@ -234,7 +247,47 @@ class BiMix(Law):
             "steps": [float(min(d["steps"][0] for d in per_domain.values())),
                       float(max(d["steps"][1] for d in per_domain.values()))],
             "per_domain": per_domain,
+            **summary_extra,
         }
-        model = BiMixProfiledCurve() if options.loss == "l2" else BiMixCurve()
         return FitProblem(model=model, x=tuple(xs), logy=tuple(logys), runs=tuple(runs),
                           to_params=to_params, check_rows=check_rows, summary=summary)
+
+
+# Backtest of the first fitted step: hold out the last BACKTEST_HOLD of the fit data's checkpoints, fit from
+# each candidate first step (a fraction of the earlier checkpoints dropped), keep the best predictor.
+BACKTEST_DROP = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4)  # fraction of the earlier distinct checkpoints dropped
+BACKTEST_HOLD = 0.2  # fraction of the distinct checkpoints held out (the latest)
+
+
+def backtest(model, xs: list[np.ndarray], logys: list[np.ndarray], ls_ref: list[float],
+             options: lm.SolverOptions) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """First fitted step per eval domain [E], chosen by predicting the last checkpoints from the earlier ones.
+
+    Every (candidate, domain) fit runs in one compiled call (candidates are weight vectors). Returns the
+    chosen steps and, per domain, the backtest mean relative error (%) of each candidate first step.
+    """
+    x, logy, w = lm.pack_groups(xs, logys)
+    c_n, g_n = len(BACKTEST_DROP), len(xs)
+    w_CxGxN = np.zeros((c_n,) + w.shape)
+    held_GxN = np.zeros(w.shape, bool)
+    first = np.zeros((g_n, c_n))
+    for g in range(g_n):
+        step_N = np.round(np.exp(x[g, :, 1] + ls_ref[g]), 6)
+        uniq = np.unique(step_N[w[g] > 0])
+        n_hold = max(1, int(round(BACKTEST_HOLD * len(uniq))))
+        pool = uniq[:-n_hold]
+        held_GxN[g] = (w[g] > 0) & (step_N >= uniq[-n_hold])
+        for c, frac in enumerate(BACKTEST_DROP):
+            i = min(int(frac * len(pool)), max(len(pool) - 3, 0))  # keep >= 3 steps for beta
+            first[g, c] = pool[i] if len(pool) else uniq[0]
+            w_CxGxN[c, g] = w[g] * ~held_GxN[g] * (step_N >= first[g, c])
+    sol = lm.solve_batched(model, x, logy, w_CxGxN, options)
+    th = sol.theta  # [C, G, 4] completed: log a', log c, log alpha, log beta
+    log_pred = (np.logaddexp(th[..., 0:1] - np.exp(th[..., 3:4]) * x[None, :, :, 1], th[..., 1:2])
+                - np.exp(th[..., 2:3]) * x[None, :, :, 0])
+    re = np.abs(np.expm1(log_pred - logy[None]))
+    mre = np.where(held_GxN[None], re, 0.0).sum(-1) / np.maximum(held_GxN.sum(-1), 1)[None]  # [C, G]
+    mre = np.where(np.isfinite(mre), mre, np.inf)
+    best = np.argmin(mre, axis=0)
+    scores = [{f"{first[g, c]:g}": float(100 * mre[c, g]) for c in range(c_n)} for g in range(g_n)]
+    return first[np.arange(g_n), best], scores

@@ -130,6 +130,9 @@ def finish(prep: Prepared, sol: lm.Solution) -> FittedLaw:
         "domains": {e: {"params": {k: np.asarray(v[g]).tolist() for k, v in params.items()},
                         "convergence": convergence[e], "data": data.get(e, {})} for g, e in enumerate(domains)},
     })
+    if prep.problem.report is not None:
+        for e, extra in prep.problem.report(params).items():
+            summary["domains"][e].update(extra)
     return FittedLaw(law=prep.law.name, version=prep.law.version, train_domains=prep.law.train_domains,
                      eval_domains=domains, params=params, target_step=prep.problem.target_step, summary=summary)
 
@@ -143,6 +146,8 @@ def describe(fitted: FittedLaw) -> str:
                 f"{s.get('points_step_law', 0)} from step laws)"
     if s.get("rows_excluded_zero_proportion"):
         head += f"; excluded {s['rows_excluded_zero_proportion']} rows with own proportion 0"
+    if isinstance(s.get("step_min"), dict):
+        head += "; first fitted step (backtested) " + ", ".join(f"{e} {v:g}" for e, v in s["step_min"].items())
     lines = [head]
 
     def fmt(v):
@@ -171,6 +176,11 @@ def describe(fitted: FittedLaw) -> str:
 
 def fit_law(table: LossTable, law: str, **options: Any) -> FittedLaw:
     """Fits `law` to `table` (all eval domains x starts in one compiled call). See the module docstring."""
+    if hasattr(get_law(law), "fit_direct"):  # Regression laws: closed form, no curve fit.
+        table = table.for_model_size(options.pop("model_size", None))
+        domains = options.pop("eval_domains", None)
+        table = table.for_eval_domains(domains) if domains else table
+        return get_law(law)(table.domains, domains or table.eval_domains).fit_direct(table, **options)
     prep = prepare(table, law, **options)
     sol = lm.solve(prep.problem.model, prep.x, prep.logy, prep.w, prep.options)
     return finish(prep, sol)

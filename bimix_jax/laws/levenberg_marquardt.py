@@ -54,6 +54,7 @@ class CurveModel(Protocol):
       (the Jacobian column vanishes beyond a bound, so the solver settles there);
     * `complete(theta_P, x, logy, w, variant) -> theta_Q`: the full parameter vector when the model
       eliminates some parameters in closed form (variable projection); without it theta is returned;
+    * `penalty(theta_P, x, w) -> [K]`: extra residuals appended to the weighted ones (a ridge);
     * `has_variants = True`: `starts` then returns (theta0 [B, S, P], variant [B, S] int), each start solves
       the model's problem variant (e.g. an exponent pinned at its bound), `residual` and `complete`
       take it as a last argument, and `feasible(theta_P, x, logy, w, variant) -> bool` tells which
@@ -220,7 +221,10 @@ def _residual(model: CurveModel, loss: str, delta: float, theta_P, x_NxF, logy_N
         safe = jnp.where(big, jnp.abs(e_N), 2.0 * delta)
         e_N = jnp.where(big, jnp.sign(e_N) * jnp.sqrt(2.0 * delta * safe - delta * delta), e_N)
     r_N = e_N * sw_N
-    return jnp.where(jnp.isfinite(r_N), r_N, 1e6 * sw_N)
+    r_N = jnp.where(jnp.isfinite(r_N), r_N, 1e6 * sw_N)
+    if hasattr(model, "penalty"):  # Extra residuals, e.g. a ridge on some parameters.
+        r_N = jnp.concatenate([r_N, model.penalty(theta_P, x_NxF, sw_N * sw_N)])
+    return r_N
 
 
 class _Tolerances(NamedTuple):

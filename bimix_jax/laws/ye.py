@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bimix_jax.errors import InputError
-from bimix_jax.laws import steplaw
+from bimix_jax.laws import steplaw, ye_bounded
 from bimix_jax.laws import levenberg_marquardt as lm
 from bimix_jax.laws.base import FitProblem, Law, register
 
@@ -120,7 +120,13 @@ class Ye(Law):
                              f"over {', '.join(self.train_domains)}")
 
     def fit_problem(self, table, options: lm.SolverOptions, *, target_step: float | None = None,
-                    step_min: float = 0.0) -> FitProblem:
+                    step_min: float = 0.0, bounded: bool = True, ridge: float | str = 0.0) -> FitProblem:
+        """bounded: 0 <= c < min observed loss (`ye_bounded`; False: c, k > 0 only, the earlier fit);
+        ridge: strength of a ridge on t (bounded only), a number or 'cv' (k-fold CV over runs per domain)."""
+        if not (ridge == "cv" or (isinstance(ridge, (int, float)) and np.isfinite(ridge) and ridge >= 0)):
+            raise InputError(f"ye ridge={ridge!r} must be a number >= 0 or 'cv'")
+        if ridge and not bounded:
+            raise InputError("the ye ridge applies to the bounded fit only; drop ridge or set bounded=True")
         target = float(np.max(table.step)) if target_step is None else float(target_step)
         if not (np.isfinite(target) and target > 0):
             raise InputError(f"--target_step={target_step!r} must be a positive step")
@@ -159,7 +165,7 @@ class Ye(Law):
 
         def check_rows(g: int, keep_N: np.ndarray) -> str | None:
             e = eval_domains[g]
-            mix = np.unique(np.round(xs[g][keep_N], 9), axis=0)
+            mix = np.unique(np.round(xs[g][keep_N][:, :d], 9), axis=0)
             if len(mix) < d + 1:
                 return (f"eval domain {e!r}: {len(mix)} distinct mixtures at step {target:g}, fewer than the {d + 1} "
                         f"free Ye parameters (c, k and {d - 1} independent t); add runs with other mixtures")
@@ -192,5 +198,23 @@ class Ye(Law):
             "step_law": fits.report(),
             "per_domain": {e: {"points": len(points[e])} for e in eval_domains},
         }
-        return FitProblem(model=YeCurve(d), x=tuple(xs), logy=tuple(logys), runs=tuple(runs), to_params=to_params,
-                          check_rows=check_rows, summary=summary, target_step=target)
+        if not bounded:
+            return FitProblem(model=YeCurve(d), x=tuple(xs), logy=tuple(logys), runs=tuple(runs),
+                              to_params=to_params, check_rows=check_rows, summary=summary, target_step=target)
+        if ridge == "cv":
+            lam_E, cv_mse = ye_bounded.choose_ridge(xs, logys, runs, q, options)
+            summary["ridge_cv"] = {"grid": list(ye_bounded.RIDGE_GRID), "folds": ye_bounded.CV_FOLDS,
+                                   "cv_mse_log": {e: cv_mse[g].tolist() for g, e in enumerate(eval_domains)}}
+        else:
+            lam_E = np.full(len(xs), float(ridge))
+        for g, e in enumerate(eval_domains):
+            summary["per_domain"][e]["ridge"] = float(lam_E[g])
+        min_loss = np.array([float(np.exp(np.min(y))) for y in logys])
+
+        def report(params: dict[str, np.ndarray]) -> dict[str, dict]:
+            return dict(zip(eval_domains, ye_bounded.bound_report(params["c"], min_loss)))
+
+        return FitProblem(model=ye_bounded.curve(d, q), x=tuple(ye_bounded.with_ridge(x, lam) for x, lam in
+                                                              zip(xs, lam_E)),
+                          logy=tuple(logys), runs=tuple(runs), to_params=to_params, check_rows=check_rows,
+                          summary=summary, target_step=target, report=report)

@@ -44,6 +44,7 @@ def refit_options(fitted: FittedLaw, model_size: str | None = None) -> dict:
         fields = set()
     fitter = fitted.summary.get("fitter") or {}
     opts.update({k: v for k, v in fitter.items() if k in fields})
+    opts.update({k: v for k, v in (fitted.summary.get("law_options") or {}).items() if k not in opts})
     return opts
 
 

@@ -190,9 +190,11 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     # The law, its held-out scores and the best mixture.
     options = stages.fit_options(spec.fit_n_starts, spec.fit_loss, spec.fit_huber_delta)
     fp_fit = provenance.fingerprint("fit", provenance.sha256_bytes(candidates_csv.encode()), options,
-                                    spec.fit_min_step, spec.leave_one_out)
+                                    spec.fit_min_step, spec.leave_one_out,
+                                    *(() if spec.law == "bimix" else (spec.law, spec.resolved_target_step(run_spec))))
     fit_out, _ = store.run("fit", fp_fit, lambda: stages.fit_stage(
-        candidates_table, min_step=spec.fit_min_step, options=options, leave_one_out=spec.leave_one_out))
+        candidates_table, min_step=spec.fit_min_step, options=options, leave_one_out=spec.leave_one_out,
+        law=spec.law, target_step=float(spec.resolved_target_step(run_spec))))
     fitted = FittedLaw.from_json(fit_out["law"], source=store.path("fit"))
     _export_json(os.path.join(workdir, "fit.json"), fit_out["law"])
     target = spec.resolved_target_step(run_spec)

@@ -61,6 +61,7 @@ class PipelineSpec:
     fit_n_starts: int = 4
     fit_loss: str = "l2"
     fit_huber_delta: float = 0.05
+    law: str = "bimix"  # bimix | ye | auto (chosen by leave-one-mixture-out CV before the last checkpoint)
     leave_one_out: bool = True
     target_step: int = 0
     objective_weights: str = ""
@@ -85,6 +86,7 @@ class PipelineSpec:
             ("fit_n_starts", self.fit_n_starts >= 1, ">= 1"),
             ("fit_loss", self.fit_loss in FIT_LOSSES, f"one of {', '.join(FIT_LOSSES)}"),
             ("fit_huber_delta", math.isfinite(self.fit_huber_delta) and self.fit_huber_delta > 0, "> 0"),
+            ("law", self.law in ("bimix", "ye", "auto"), "one of bimix, ye, auto"),
             ("target_step", self.target_step >= 0, ">= 0 (0: the proxies' train.steps)"),
             ("min_floor", math.isfinite(self.min_floor) and 0 < self.min_floor < 1,
              "in (0, 1/number of domains): BiMix's loss diverges at a zero proportion"),

@@ -20,13 +20,14 @@ import jax
 import numpy as np
 
 from bimix_jax.errors import InputError
-from bimix_jax.laws import protocols
-from bimix_jax.laws.base import FittedLaw
+from bimix_jax.laws import protocols, select
+from bimix_jax.laws.base import FittedLaw, get_law
 from bimix_jax.laws.fit import fit_law
 from bimix_jax.loss_table import LossTable
 from bimix_jax.mixture import constraints, optimize, uncertainty
 
 LAW = "bimix"
+AUTO_CANDIDATES = ("bimix", "ye")  # pipeline.law = auto chooses among these (bimix_jax.laws.select)
 DUPLICATE_ATOL = 1e-6
 SOURCES = {
     "baseline": "natural token shares of the training split",
@@ -66,21 +67,42 @@ def fit_table(table: LossTable, min_step: float) -> LossTable:
     return table.subset(table.step >= min_step, what=f"fit window (steps >= {min_step:g})")
 
 
-def fit_stage(table: LossTable, *, min_step: float, options: Mapping[str, Any], leave_one_out: bool) -> dict:
-    """Fits BiMix on the candidates' checkpoints from `min_step` on, with both held-out scores."""
+def choose_law(rows: LossTable, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """`pipeline.law = auto`: the law of AUTO_CANDIDATES with the best leave-one-mixture-out R^2 on the checkpoints
+    before each run's last one (so the last checkpoints, which the report scores as held out, never choose)."""
+    last = np.max(rows.step)
+    early = rows.subset(rows.step < last, what="checkpoints before the last")
+    try:
+        best, scores = select.choose(early, AUTO_CANDIDATES, protocol="leave_one_out")
+    except InputError as e:
+        return LAW, {"chosen": LAW, "reason": f"no candidate could be cross-validated ({e}); fell back to {LAW}"}
+    return select.CANDIDATES[best][0], {"chosen": best, "protocol": "leave_one_out before the last checkpoint",
+                                        "scores": {k: {m: v.get(m) for m in ("r2_log", "mre_pct", "folds_skipped")}
+                                                   for k, v in scores.items()}}
+
+
+def fit_stage(table: LossTable, *, min_step: float, options: Mapping[str, Any], leave_one_out: bool,
+              law: str = LAW, target_step: float | None = None) -> dict:
+    """Fits `law` (bimix, ye, or auto: `choose_law`) on the candidates' checkpoints from `min_step` on, with both
+    held-out scores; a law without a step model (ye) is fitted at `target_step`."""
     rows = fit_table(table, min_step)
-    fitted = fit_law(rows, LAW, **options)
-    last = protocols.last_step(rows, LAW, **options)
+    choice = None
+    if law == "auto":
+        law, choice = choose_law(rows, options)
+    at = {"target_step": float(target_step)} if target_step and not get_law(law).uses_step else {}
+    fitted = fit_law(rows, law, **options, **at)
+    last = protocols.last_step(rows, law, **options)
     fitted = protocols.attach(fitted, last)
     loco: dict[str, Any] = {}
     if leave_one_out:
         for run in rows.runs:
             try:
-                loco[run] = _trim(protocols.mixtures(rows, LAW, holdout_runs=[run], **options))
+                loco[run] = _trim(protocols.mixtures(rows, law, holdout_runs=[run], **options))
             except InputError as e:  # e.g. the other runs leave a domain's exponent unidentifiable
                 loco[run] = {"skipped": str(e)}
     return {"law": fitted.to_json(), "min_step": float(min_step), "rows": len(rows), "runs": list(rows.runs),
-            "steps": sorted(set(rows.step.tolist())), "last_step": _trim(last), "leave_one_out": loco}
+            "steps": sorted(set(rows.step.tolist())), "last_step": _trim(last), "leave_one_out": loco,
+            "law_choice": choice}
 
 
 def proportion_range(table: LossTable) -> dict[str, tuple[float, float]]:
