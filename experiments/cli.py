@@ -39,7 +39,11 @@ def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     if isinstance(e, (KeyError, AttributeError)):
         text = text.strip("\"'")
-    return text.splitlines()[0] if text else type(e).__name__
+    lines = [line for line in text.splitlines() if line.strip()]
+    if "Traceback (most recent call last)" in text and len(lines) > 1:
+        # A config file's get_config raised: keep the flag and the final exception line (its message).
+        return lines[0].rstrip(": ") + ": " + lines[-1].strip()
+    return lines[0] if lines else type(e).__name__
 
 
 def _config_file_arg(argv: Sequence[str]) -> str:
