@@ -11,7 +11,7 @@ on the next start. A checkpoint that exists but cannot be read is an `InputError
 never silently restarts from scratch.
 
 Integrity: once a save has completed, its folder is sealed with a SHA-256 manifest
-(`bimix_jax.train.manifest`). Opening the checkpoints verifies every step folder; one that does not
+(`bimix_jax.train.manifest`; the training loop polls every step, so within a step of the save). Opening the checkpoints verifies every step folder; one that does not
 match its manifest (a flipped bit, a truncated or deleted file) or was never sealed is moved to
 `<workdir>/checkpoints_unverified/` with a warning naming it and the reason, and the run resumes from the
 latest verified checkpoint (training is deterministic, so the result is the same, only later).
@@ -102,6 +102,11 @@ class Checkpointer:
                 f"{' '.join(str(e).split())[:200]}); free disk space or fix permissions, then rerun the same "
                 "command to resume from the last complete checkpoint") from e
         self._seal_pending()
+
+    def poll(self) -> None:
+        """Seals a finished asynchronous save without waiting (call it often, e.g. every step)."""
+        if self._pending and not self._manager.is_saving_in_progress():
+            self._finish()
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()

@@ -85,6 +85,7 @@ class RunLog:
     def settle(self, count: int, m: Mapping[str, Any]) -> None:
         """Host side of step `count` (`m`: loss, lr, grad_norm, rows_D as host values)."""
         t = self.spec.train
+        self.ckpt.poll()  # seal a finished checkpoint at once, so a kill rarely finds it unsealed
         loss = float(m["loss"])
         if not math.isfinite(loss):
             raise InputError(

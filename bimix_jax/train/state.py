@@ -28,8 +28,9 @@ from bimix_jax.model import DecoderConfig, init_params, token_losses
 SCHEDULES = ("cosine", "exponential", "constant")
 # (field, low, high, low open, high open): AdamW's decays must stay below 1 (b1 = 1 never updates the
 # first moment and turns the step into 0/0), eps must be positive.
-OPTIM_RANGES = (("lr", 0, 10, True, False), ("b1", 0, 1, False, True), ("b2", 0, 1, False, True),
-                ("eps", 0, 1, True, False), ("weight_decay", 0, 10, False, False), ("grad_clip", 0, None, False, False))
+OPTIM_RANGES = (("lr", 0, None, True, False), ("b1", 0, 1, False, True), ("b2", 0, 1, False, True),
+                ("eps", 0, 1, True, False), ("weight_decay", 0, None, False, False),
+                ("grad_clip", 0, None, False, False))
 
 
 @dataclasses.dataclass(frozen=True)
