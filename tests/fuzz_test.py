@@ -24,7 +24,7 @@ from bimix_jax.laws.base import get_law
 from bimix_jax.mixture.bimix_optimum import bimix_exact
 from bimix_jax.mixture.simplex import project_capped_simplex
 
-FAST, SLOW, FAST_FIT, SLOW_FIT = 40, 10_000, 6, 300
+FAST, SLOW, FAST_FIT, SLOW_FIT = 40, 10_000, 4, 300
 D = 4
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
 unit = st.floats(0.0, 1.0, allow_nan=False)

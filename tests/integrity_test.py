@@ -145,3 +145,18 @@ def test_a_checkpointed_run_whose_loss_table_is_lost_is_refused(tmp_path):
         log.forget_after(0)  # a fresh start needs no rows
     finally:
         log.close()
+
+
+def test_a_failing_save_is_one_line_naming_the_checkpoint(tmp_path, monkeypatch):
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=2)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt._manager, "save", full)
+    with pytest.raises(InputError, match=r"cannot save checkpoint .*checkpoints/10 \(OSError: .*No space left.*"
+                                         r"free disk space .* rerun the same command") as e:
+        ckpt.save(10, _state(10), {"step": 10})
+    assert "\n" not in str(e.value)
+    monkeypatch.undo()
+    ckpt.close()
