@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from bimix_jax import atomic
+from bimix_jax import atomic, plausibility
 from bimix_jax.errors import InputError
 
 REQUIRED_COLUMNS = ("run", "step", "eval_domain", "loss")
@@ -373,10 +373,13 @@ def _check_consistency(t: LossTable, first_line: int | None) -> None:
 def read_csv(path: str | os.PathLike, *, model_size: str | None = None) -> LossTable:
     """Reads and validates a loss table CSV; optionally keeps only one model size."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"loss table {path} is a directory; give the CSV file inside it")
     if not os.path.isfile(path):
         raise InputError(f"loss table {path} does not exist; check the --losses path")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column's name.
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
@@ -396,7 +399,11 @@ def read_csv(path: str | os.PathLike, *, model_size: str | None = None) -> LossT
                 rows.append(dict(zip(header, (x.strip() for x in fields))))
     except (UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"loss table {path} is not a readable CSV file ({e}); check the file") from e
+    except OSError as e:
+        raise InputError(f"loss table {path} cannot be read ({e.strerror or type(e).__name__}); fix its "
+                         "permissions or copy it somewhere readable") from e
     table = from_rows(rows, domains=domains, source=path, first_line=2)
+    plausibility.check(table, first_line=2)
     return table.for_model_size(model_size) if model_size else table
 
 

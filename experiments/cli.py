@@ -39,7 +39,11 @@ def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     if isinstance(e, (KeyError, AttributeError)):
         text = text.strip("\"'")
-    return text.splitlines()[0] if text else type(e).__name__
+    lines = [line for line in text.splitlines() if line.strip()]
+    if "Traceback (most recent call last)" in text and len(lines) > 1:
+        # A config file's get_config raised: keep the flag and the final exception line (its message).
+        return lines[0].rstrip(": ") + ": " + lines[-1].strip()
+    return lines[0] if lines else type(e).__name__
 
 
 def _config_file_arg(argv: Sequence[str]) -> str:
@@ -79,9 +83,27 @@ def quiet_orbax_logs() -> None:
     """Drops orbax's per-save INFO lines from the progress log of training binaries (warnings stay)."""
 
     def keep(record: std_logging.LogRecord) -> bool:
-        return record.levelno > std_logging.INFO or f"{os.sep}orbax{os.sep}" not in record.pathname
+        if f"{os.sep}orbax{os.sep}" not in record.pathname:
+            return True
+        if record.exc_info:  # a failed background save: the library reports it in one line; drop the traceback
+            record.exc_info, record.exc_text = None, None
+        return record.levelno > std_logging.INFO
 
     logging.get_absl_logger().addFilter(keep)
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """After a failed background checkpoint save, tensorstore's write callbacks keep calling into orbax's
+    closed asyncio loop and print a 'RuntimeError: Event loop is closed' traceback each (through
+    `sys.excepthook`); the save failure itself is reported in one line, so these are dropped."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 def setup_jax() -> None:
@@ -109,6 +131,7 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
             fail(f"unexpected positional arguments {' '.join(argv[1:])}; every option is a --flag")
         try:
             setup_jax()
+            _quiet_closed_loop_callbacks()
             main(argv)
         except InputError as e:
             fail(str(e))

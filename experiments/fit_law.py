@@ -15,7 +15,6 @@ fitting rows. Bad input is one line on stderr and exit code 2, with nothing writ
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 
@@ -48,22 +47,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
 flags.mark_flags_as_required(["losses", "law", "out"])
 
 
-def _check_writable(name: str, path: str | None, error: type[Exception]) -> None:
-    """Fails before any work if `path` cannot be written (so bad input never leaves a partial output)."""
-    if not path:
-        return
-    if os.path.isdir(path):
-        raise error(f"--{name}={path} is a directory; give a file name")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK):
-        raise error(f"--{name}={path}: {parent} is not writable; choose another location")
-
-
 def main(argv: Sequence[str]) -> None:
     del argv
-    from bimix_jax import atomic, loss_table
+    from bimix_jax import atomic, loss_table, validate
     from bimix_jax.errors import InputError
 
     law = _LAW.value
@@ -84,8 +70,12 @@ def main(argv: Sequence[str]) -> None:
         raise InputError("--holdout_runs needs --holdout=mixtures")
     if _N_BOOT.value < 0:
         raise InputError(f"--n_boot={_N_BOOT.value} must be >= 0")
-    for name, path in (("out", _OUT.value), ("plot", _PLOT.value)):
-        _check_writable(name, path, InputError)
+    validate.input_file("--losses", _LOSSES.value, "loss table CSV")
+    validate.output_file("--out", _OUT.value)
+    if _PLOT.value is not None:
+        validate.output_file("--plot", _PLOT.value)
+    validate.in_range("--n_starts", _N_STARTS.value, low=1, high=256, integer=True, hint="pick e.g. 4")
+    validate.in_range("--huber_delta", _HUBER_DELTA.value, low=0, low_open=True, hint="pick e.g. 0.05")
     options = dict(model_size=_MODEL_SIZE.value, n_starts=_N_STARTS.value, loss=_LOSS.value,
                    huber_delta=_HUBER_DELTA.value, dtype=_DTYPE.value, **law_options)
 

@@ -29,8 +29,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: Sequence[str]) -> None:
     del argv
+    from bimix_jax import validate
     from bimix_jax.pipeline import run as pipeline  # After cli.run has set up JAX.
 
+    validate.output_dir("--workdir", _WORKDIR.value)
     cli.quiet_orbax_logs()
     result = pipeline.run_pipeline(_CONFIG.value, _WORKDIR.value)
     rep = result.report

@@ -45,8 +45,10 @@ def _seeds() -> list[int] | None:
 
 def main(argv: Sequence[str]) -> None:
     del argv
+    from bimix_jax import validate
     from bimix_jax.train import loop as train_loop, many as train_many  # After cli.run has set up JAX.
 
+    validate.output_dir("--workdir", _WORKDIR.value)
     cli.quiet_orbax_logs()
     results = train_many.train_many_from_config(_CONFIG.value, _WORKDIR.value, _MIXTURES.value,
                                                 run_names=_RUN_NAMES.value or None, seeds=_seeds(),

@@ -111,5 +111,5 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, cache_d
 
 def test_missing_table_file(tmp_path, cache_dir):
     res = run([f"--losses={tmp_path}/none.csv", "--law=bimix", f"--out={tmp_path}/fit.json"], cache_dir)
-    assert res.returncode == 2 and "does not exist; check the --losses path" in res.stderr
+    assert res.returncode == 2 and "does not exist; check the path" in res.stderr
     assert os.listdir(tmp_path) == []

@@ -40,7 +40,7 @@ def test_bad_overrides_are_one_line_and_write_nothing(tmp_path, flag, expected):
 def test_unwritable_workdir_and_another_configs_runs_are_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    _one_line_error(_run(tmp_path, blocker / "w"), f"cannot write to workdir {blocker / 'w'}")
+    _one_line_error(_run(tmp_path, blocker / "w"), f"{blocker} is a file, not a folder")
     # A workdir started with another train.steps: refused, naming the field and both ways forward.
     other = pipeline_tiny.get_config("runlocal")
     other.train.steps = 30

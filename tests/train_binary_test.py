@@ -80,8 +80,9 @@ def test_sigkill_then_resume_is_bit_identical(env, tmp_path):
     proc = subprocess.Popen(_cmd(killed, *flags), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     first = killed / "checkpoints" / "10"
+    sealed = first / "sha256.json"  # a checkpoint is complete once sealed with its checksums
     deadline = time.time() + 240
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
+    while not sealed.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

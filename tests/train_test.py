@@ -139,7 +139,7 @@ def test_workdir_with_another_run_is_refused(finished, change, field):
         train_run(args["spec"], args["tokens"], args["proportions_D"], finished.workdir, run_name=args["run_name"])
 
 
-def test_corrupted_checkpoint_is_an_error(finished, tmp_path):
+def test_corrupted_checkpoint_falls_back_to_the_previous_verified_one(finished, tmp_path):
     workdir = str(tmp_path / "w")
     shutil.copytree(finished.workdir, workdir)
     state_dir = os.path.join(workdir, "checkpoints", "20", "state")
@@ -147,8 +147,12 @@ def test_corrupted_checkpoint_is_an_error(finished, tmp_path):
         for f in files:
             with open(os.path.join(root, f), "wb") as fh:
                 fh.write(b"garbage")
-    with pytest.raises(InputError, match="checkpoint .*checkpoints/20 is corrupted"):
-        train_run(SPEC, synthetic_tokens(), MIX, workdir, run_name="r1")
+    again = train_run(SPEC, synthetic_tokens(), MIX, workdir, run_name="r1")  # checkpoint 20 fails its SHA-256
+    assert again.resumed_from == 10 and not again.already_complete
+    assert os.path.isdir(os.path.join(workdir, "checkpoints_unverified", "20"))
+    assert open(os.path.join(workdir, "losses.csv")).read() == open(os.path.join(finished.workdir, "losses.csv")).read()
+    for a, b in zip(jax.tree_util.tree_leaves(again.state.params), jax.tree_util.tree_leaves(finished.state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_bad_inputs_write_nothing(tmp_path):

@@ -123,6 +123,11 @@ def prepare_data(spec: DataSpec, workdir: str, *, num_threads: int = -1) -> Prep
     else:
         tokenizer = train_tokenizer(corpus.train, vocab_size=spec.vocab_size,
                                     sample_chars=spec.tokenizer_sample_chars, seed=spec.seed)
+        if tokenizer.vocab_size < spec.vocab_size:  # SentencePiece stops when the sample has no more merges.
+            raise InputError(
+                f"data.vocab_size={spec.vocab_size} is more than this corpus yields ({tokenizer.vocab_size} pieces "
+                f"from data.tokenizer_sample_chars={spec.tokenizer_sample_chars} per domain); set data.vocab_size "
+                f"<= {tokenizer.vocab_size} or raise data.tokenizer_sample_chars")
     eos = tokenizer.eos_id
     train = {d: tokenizer.encode_documents(corpus.train[d], num_threads) for d in corpus.domains}
     val = {d: tokenizer.encode_documents(corpus.val[d], num_threads) for d in corpus.domains}

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import zipfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -100,6 +101,6 @@ class DomainTokens:
                 val = {d: z[f"val_{i}"] for i, d in enumerate(domains)}
         except FileNotFoundError as e:
             raise InputError(f"token file {path} does not exist; check the path") from e
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise InputError(f"token file {path} is corrupted ({e}); delete it to rebuild") from e
         return cls(domains=domains, train=train, val=val, vocab_size=vocab_size, eos_id=eos_id)

@@ -42,6 +42,11 @@ class Law(abc.ABC):
     def __init__(self, train_domains: Sequence[str], eval_domains: Sequence[str]):
         self.train_domains = tuple(train_domains)
         self.eval_domains = tuple(eval_domains)
+        for what, names in (("train", self.train_domains), ("eval", self.eval_domains)):
+            dup = next((d for i, d in enumerate(names) if d in names[:i]), None)
+            if dup is not None:
+                raise InputError(f"{what} domain {dup!r} is listed twice; list each domain once (refit with "
+                                 "experiments.fit_law if this came from a fit file)")
 
     @abc.abstractmethod
     def predict(self, params: Mapping[str, jax.Array], r_D: jax.Array, s: jax.Array) -> jax.Array:

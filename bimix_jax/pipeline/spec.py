@@ -73,8 +73,10 @@ class PipelineSpec:
     bootstrap_seed: int = 0
 
     def __post_init__(self):
-        self.candidate_names  # noqa: B018 - parses and checks the names
-        self.extras  # noqa: B018
+        if len(self.candidate_names) + len(self.extras) < 2:
+            raise InputError(f"pipeline.candidates={self.candidates!r} with pipeline.extra_candidates="
+                             f"{self.extra_candidates!r} gives {len(self.candidate_names) + len(self.extras)} "
+                             "candidate(s); the law needs at least 2 mixtures: name e.g. baseline,se,ce,je,vne")
         checks = [
             ("entropy_temperature", math.isfinite(self.entropy_temperature) and self.entropy_temperature > 0,
              "a finite number > 0 (the paper: 1)"),
@@ -145,7 +147,11 @@ class PipelineSpec:
             taken = (*CANDIDATE_KEYWORDS, OPTIMIZED, "data", *(n for n, _ in out))
             if name in taken or name.startswith("."):
                 raise InputError(f"pipeline.extra_candidates: the name {name!r} is taken; choose another")
-            sampler.parse_mixture(text, field=f"pipeline.extra_candidates ({name})")
+            weights = sampler.parse_mixture(text, field=f"pipeline.extra_candidates ({name})")
+            total = sum(weights.values()) if isinstance(weights, dict) else 1.0
+            if isinstance(weights, dict) and abs(total - 1.0) > sampler.SUM_TOLERANCE:
+                raise InputError(f"pipeline.extra_candidates ({name}): weights sum to {total:.9g}, not 1; fix "
+                                 "them so they sum to 1")
             out.append((name, text.strip()))
         return tuple(out)
 

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from bimix_jax.data.tokens import DomainTokens
 from bimix_jax.errors import InputError
@@ -30,12 +31,14 @@ class EvalSet(NamedTuple):
 
 def build_eval_set(tokens: DomainTokens, *, seq_len: int, eval_tokens: int, batch_size: int) -> EvalSet:
     """Windows over the first `eval_tokens` predictions of each domain's validation buffer."""
-    rows_x, rows_w, rows_d, counts = [], [], [], []
+    rows_x, rows_w, rows_d, counts, short = [], [], [], [], []
     for i, d in enumerate(tokens.domains):
         val = tokens.val[d][: eval_tokens + 1]
         n = val.size - 1
         if n < 1:
             raise InputError(f"domain {d!r} has fewer than 2 validation tokens; add validation documents to it")
+        if n < eval_tokens:
+            short.append(f"{d} {n}")
         counts.append(n)
         for start in range(0, n, seq_len):
             window = val[start:start + seq_len + 1]
@@ -46,6 +49,10 @@ def build_eval_set(tokens: DomainTokens, *, seq_len: int, eval_tokens: int, batc
             rows_x.append(x)
             rows_w.append(w)
             rows_d.append(i)
+    if short:  # Not silent: such domains are scored on fewer tokens than the others.
+        logging.warning("train.eval_tokens=%d exceeds the validation split of %s tokens; those domains are scored "
+                        "on all their validation tokens (set train.eval_tokens <= %d for equal counts)",
+                        eval_tokens, ", ".join(short), min(counts))
     pad = -len(rows_x) % batch_size
     rows_x += [np.zeros(seq_len + 1, np.int32)] * pad
     rows_w += [np.zeros(seq_len, np.float32)] * pad

@@ -61,11 +61,31 @@ class RunLog:
         self._clock_step = step
         if self.writer:
             loss_table.drop_rows_after(self.losses_path, self.run_name, step)
+            self._check_rows_up_to(step)
             atomic.truncate_jsonl(self.metrics_path, lambda r: r.get("step", 0) <= step)
+
+    def _check_rows_up_to(self, step: int) -> None:
+        """Refuses to resume (or to call a run finished) when the loss table lacks evaluations before `step`."""
+        t = self.spec.train
+        want = {s for s in range(t.eval_every, step + 1, t.eval_every)} | ({t.steps} if step >= t.steps else set())
+        if not want:
+            return
+        have = set()
+        if os.path.exists(self.losses_path):
+            table = loss_table.read_csv(self.losses_path)
+            have = {int(s) for s in table.step[table.run == self.run_name]}
+        missing = sorted(want - have)
+        if missing:
+            raise InputError(
+                f"run {self.run_name}: {self.losses_path} lacks the evaluations of steps {missing[:3]}"
+                f"{'...' if len(missing) > 3 else ''} that precede its checkpoint at step {step} (the loss table was "
+                f"deleted or edited); restore the file, or delete {os.path.join(self.workdir, CHECKPOINT_DIR)} "
+                "to train the run again")
 
     def settle(self, count: int, m: Mapping[str, Any]) -> None:
         """Host side of step `count` (`m`: loss, lr, grad_norm, rows_D as host values)."""
         t = self.spec.train
+        self.ckpt.poll()  # seal a finished checkpoint at once, so a kill rarely finds it unsealed
         loss = float(m["loss"])
         if not math.isfinite(loss):
             raise InputError(

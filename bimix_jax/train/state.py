@@ -22,9 +22,15 @@ import optax
 
 from bimix_jax.data import sampler
 from bimix_jax.errors import InputError
+from bimix_jax.validate import in_range
 from bimix_jax.model import DecoderConfig, init_params, token_losses
 
 SCHEDULES = ("cosine", "exponential", "constant")
+# (field, low, high, low open, high open): AdamW's decays must stay below 1 (b1 = 1 never updates the
+# first moment and turns the step into 0/0), eps must be positive.
+OPTIM_RANGES = (("lr", 0, None, True, False), ("b1", 0, 1, False, True), ("b2", 0, 1, False, True),
+                ("eps", 0, 1, True, False), ("weight_decay", 0, None, False, False),
+                ("grad_clip", 0, None, False, False))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +100,8 @@ class RunSpec:
             raise InputError(f"optim.final_lr_fraction={o.final_lr_fraction} must lie in (0, 1]")
         if o.grad_clip < 0 or o.weight_decay < 0:
             raise InputError("optim.grad_clip and optim.weight_decay must be >= 0")
+        for name, lo, hi, lo_open, hi_open in OPTIM_RANGES:
+            in_range(f"optim.{name}", getattr(o, name), low=lo, high=hi, low_open=lo_open, high_open=hi_open)
         self.model.decoder(64, t.seq_len)  # Validates the model dimensions.
 
     @classmethod

@@ -1,0 +1,247 @@
+"""The bad-input catalog: every case of every binary exits 2 with exactly one `error:` line naming the
+field, no traceback, and writes nothing (neither in its own folders nor in the current directory).
+
+All cases run through the binaries' real entry points (`cli.run(main)` with the case's argv) in ONE
+subprocess (`tests/badinput_lib.py`), so the catalog costs one interpreter start, not one per case.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bimix_jax.data.prepare import prepare_data
+from bimix_jax.data.spec import DataSpec
+from bimix_jax.laws.base import FittedLaw
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "--config=configs/tiny.py:runlocal"
+PIPE = "--config=configs/pipeline_tiny.py:runlocal"
+
+
+def _table_rows():
+    rows = []
+    for k, mix in enumerate([(0.2, 0.8), (0.4, 0.6), (0.6, 0.4), (0.8, 0.2)]):
+        for s in (100, 200, 400, 800):
+            for e, dom in enumerate(("code", "web")):
+                loss = mix[e] ** -0.1 * (30.0 * s ** -0.5 + 2.0 + e)
+                rows.append({"run": f"r{k}", "model_size": "1M", "step": s, "p_code": mix[0], "p_web": mix[1],
+                             "eval_domain": dom, "loss": round(loss, 6)})
+    return rows
+
+
+def _write_table(path, rows, columns=None, prefix=""):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        f.write(prefix)
+        w = csv.DictWriter(f, fieldnames=columns or list(rows[0]), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
+# (binary, id, argv, what the error line must contain). {x} are fixture paths; {new} a path that must not appear.
+CATALOG = [
+    # train
+    ("train", "workdir_empty", [TINY, "--workdir="], "--workdir is empty"),
+    ("train", "workdir_is_file", [TINY, "--workdir={file}"], "is a file, not a folder"),
+    ("train", "workdir_parent_is_file", [TINY, "--workdir={file}/w"], "is a file, not a folder"),
+    ("train", "b1_one", [TINY, "--workdir={new}", "--config.optim.b1=1.0"], "optim.b1=1.0"),
+    ("train", "b2_above_one", [TINY, "--workdir={new}", "--config.optim.b2=1.5"], "optim.b2=1.5"),
+    ("train", "eps_negative", [TINY, "--workdir={new}", "--config.optim.eps=-1"], "optim.eps=-1"),
+    ("train", "lr_nan", [TINY, "--workdir={new}", "--config.optim.lr=nan"], "optim.lr"),
+    ("train", "weight_decay_negative", [TINY, "--workdir={new}", "--config.optim.weight_decay=-1"], "weight_decay"),
+    ("train", "steps_zero", [TINY, "--workdir={new}", "--config.train.steps=0"], "train.steps=0"),
+    ("train", "warmup_too_long", [TINY, "--workdir={new}", "--config.optim.warmup_steps=20"], "optim.warmup_steps"),
+    ("train", "microbatches", [TINY, "--workdir={new}", "--config.train.microbatches=3"], "microbatches"),
+    ("train", "vocab_too_large", [TINY, "--workdir={new}", "--config.data.vocab_size=200000"],
+     "data.vocab_size=200000 is more than this corpus yields"),
+    ("train", "config_arg_typo", ["--config=configs/tiny.py:runlocall", "--workdir={new}"], "known: runlocal"),
+    ("train", "config_field_typo", [TINY, "--workdir={new}", "--config.train.stepz=3"], "names no config field"),
+    ("train", "config_missing", ["--config=configs/nope.py", "--workdir={new}"], "configs/nope.py"),
+    ("train", "mixture_duplicate_domain", [TINY, "--workdir={new}", "--config.mixture=code=0.5,code=0.5"],
+     "'code' appears twice"),
+    ("train", "mixture_sum", [TINY, "--workdir={new}", "--config.mixture=code=0.7,prose=0.7"], "sum to 1.4"),
+    ("train", "truncated_tokens", [TINY, "--workdir={prepared}"], "tokens.npz is corrupted"),
+    ("train", "positional_argument", [TINY, "--workdir={new}", "extra"], "unexpected positional"),
+    # train_many
+    ("train_many", "workdir_empty", [TINY, "--workdir=", "--mixtures=uniform"], "--workdir is empty"),
+    ("train_many", "no_mixtures", [TINY, "--workdir={new}"], "no mixtures given"),
+    ("train_many", "seeds_not_int", [TINY, "--workdir={new}", "--mixtures=uniform", "--seeds=a"], "--seeds=a"),
+    ("train_many", "run_names_count", [TINY, "--workdir={new}", "--mixtures=uniform", "--run_names=a,b"],
+     "--run_names has 2 names"),
+    ("train_many", "run_name_data", [TINY, "--workdir={new}", "--mixtures=uniform", "--run_names=data"],
+     "cannot be a folder name"),
+    ("train_many", "b2_above_one", [TINY, "--workdir={new}", "--mixtures=uniform", "--config.optim.b2=1.5"],
+     "optim.b2=1.5"),
+    ("train_many", "mixture_negative", [TINY, "--workdir={new}", "--mixtures=code=-1,prose=2"], "mixture 0"),
+    # entropy_mixture
+    ("entropy_mixture", "workdir_empty", [TINY, "--workdir="], "--workdir is empty"),
+    ("entropy_mixture", "out_is_dir", [TINY, "--workdir={new}", "--out={dir}"], "--out={dir} is a directory"),
+    ("entropy_mixture", "out_parent_is_file", [TINY, "--workdir={new}", "--out={file}/e.json"], "is a file"),
+    ("entropy_mixture", "temperature_zero", [TINY, "--workdir={new}", "--temperature=0"], "temperature"),
+    ("entropy_mixture", "sequence_length_one", [TINY, "--workdir={new}", "--sequence_length=1"], "--sequence_length"),
+    ("entropy_mixture", "vne_max_docs_zero", [TINY, "--workdir={new}", "--vne_max_docs=0"], "--vne_max_docs"),
+    ("entropy_mixture", "proxy_unknown", [TINY, "--workdir={new}", "--proxy=xe"], "--proxy"),
+    ("entropy_mixture", "val_fraction", [TINY, "--workdir={new}", "--config.data.val_fraction=1.5"],
+     "data.val_fraction"),
+    # fit_law
+    ("fit_law", "losses_is_dir", ["--losses={dir}", "--law=bimix", "--out={new}"], "is a directory"),
+    ("fit_law", "losses_missing", ["--losses={dir}/none.csv", "--law=bimix", "--out={new}"], "does not exist"),
+    ("fit_law", "out_empty", ["--losses={table}", "--law=bimix", "--out="], "--out is empty"),
+    ("fit_law", "out_is_dir", ["--losses={table}", "--law=bimix", "--out={dir}"], "is a directory"),
+    ("fit_law", "plot_is_dir", ["--losses={table}", "--law=bimix", "--out={new}", "--plot={dir}"],
+     "--plot={dir} is a directory"),
+    ("fit_law", "loss_1e300", ["--losses={huge_loss}", "--law=bimix", "--out={new}"], "loss 1e+300 is implausible"),
+    ("fit_law", "step_1e300", ["--losses={huge_step}", "--law=bimix", "--out={new}"], "step 1e+300 is implausible"),
+    ("fit_law", "loss_nan", ["--losses={nan_loss}", "--law=bimix", "--out={new}"], "loss 'nan'"),
+    ("fit_law", "missing_column", ["--losses={no_run}", "--law=bimix", "--out={new}"], "missing column 'run'"),
+    ("fit_law", "n_boot_negative", ["--losses={table}", "--law=bimix", "--out={new}", "--n_boot=-1"], "--n_boot"),
+    ("fit_law", "n_starts_zero", ["--losses={table}", "--law=bimix", "--out={new}", "--n_starts=0"], "--n_starts"),
+    ("fit_law", "huber_delta_zero", ["--losses={table}", "--law=bimix", "--out={new}", "--huber_delta=0"],
+     "--huber_delta"),
+    ("fit_law", "target_step_bimix", ["--losses={table}", "--law=bimix", "--out={new}", "--target_step=5"],
+     "--target_step"),
+    ("fit_law", "holdout_runs_alone", ["--losses={table}", "--law=bimix", "--out={new}", "--holdout_runs=r0"],
+     "--holdout_runs"),
+    ("fit_law", "model_size_absent", ["--losses={table}", "--law=bimix", "--out={new}", "--model_size=9B"],
+     "model_size=9B"),
+    ("fit_law", "law_unknown", ["--losses={table}", "--law=aioli", "--out={new}"], "--law"),
+    # optimize_mixture
+    ("optimize_mixture", "fit_is_dir", ["--fit={dir}", "--steps=100", "--out={new}"], "--fit={dir} is a directory"),
+    ("optimize_mixture", "fit_missing", ["--fit={dir}/none.json", "--steps=100", "--out={new}"], "does not exist"),
+    ("optimize_mixture", "out_empty", ["--fit={fit}", "--steps=100", "--out="], "--out is empty"),
+    ("optimize_mixture", "export_dir_is_file", ["--fit={fit}", "--steps=100", "--out={new}", "--export_dir={file}"],
+     "--export_dir={file} is a file"),
+    ("optimize_mixture", "bootstrap_without_losses", ["--fit={fit}", "--steps=100", "--out={new}", "--bootstrap=5"],
+     "--bootstrap needs --losses"),
+    ("optimize_mixture", "bootstrap_negative", ["--fit={fit}", "--steps=100", "--out={new}", "--bootstrap=-1"],
+     "--bootstrap=-1"),
+    ("optimize_mixture", "floors_infeasible", ["--fit={fit}", "--steps=100", "--out={new}",
+                                               "--floors=code=0.6,web=0.6"], "floors"),
+    ("optimize_mixture", "weights_unknown", ["--fit={fit}", "--steps=100", "--out={new}", "--weights=zzz=1"],
+     "--weights"),
+    ("optimize_mixture", "caps_negative", ["--fit={fit}", "--steps=100", "--out={new}", "--caps=code=-1"], "--caps"),
+    ("optimize_mixture", "fit_duplicate_domain", ["--fit={dup_fit}", "--steps=100", "--out={new}"],
+     "train domain 'code' is listed twice"),
+    ("optimize_mixture", "fit_corrupted", ["--fit={table}", "--steps=100", "--out={new}"], "fit file"),
+    # run_pipeline
+    ("run_pipeline", "workdir_empty", [PIPE, "--workdir="], "--workdir is empty"),
+    ("run_pipeline", "candidates_empty", [PIPE, "--workdir={new}", "--config.pipeline.candidates="],
+     "pipeline.candidates"),
+    ("run_pipeline", "one_candidate", [PIPE, "--workdir={new}", "--config.pipeline.candidates=se"],
+     "at least 2 mixtures"),
+    ("run_pipeline", "candidate_twice", [PIPE, "--workdir={new}", "--config.pipeline.candidates=se,se"],
+     "names 'se' twice"),
+    ("run_pipeline", "extra_sums_to_two", [PIPE, "--workdir={new}",
+                                           "--config.pipeline.extra_candidates=x:code=1,prose=1"],
+     "pipeline.extra_candidates (x): weights sum to 2"),
+    ("run_pipeline", "b1_one", [PIPE, "--workdir={new}", "--config.optim.b1=1.0"], "optim.b1=1.0"),
+    ("run_pipeline", "min_floor_zero", [PIPE, "--workdir={new}", "--config.pipeline.min_floor=0.0"],
+     "pipeline.min_floor"),
+    ("run_pipeline", "fit_loss_unknown", [PIPE, "--workdir={new}", "--config.pipeline.fit_loss=abs"],
+     "pipeline.fit_loss"),
+    ("run_pipeline", "bootstrap_negative", [PIPE, "--workdir={new}", "--config.pipeline.bootstrap=-1"],
+     "pipeline.bootstrap"),
+    ("run_pipeline", "workdir_is_file", [PIPE, "--workdir={file}"], "is a file, not a folder"),
+]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("badinput")
+    fx = {"dir": str(root / "adir"), "file": str(root / "afile")}
+    os.makedirs(fx["dir"])
+    open(fx["file"], "w").write("not a folder\n")
+    rows = _table_rows()
+    fx["table"] = _write_table(root / "table.csv", rows)
+    fx["huge_loss"] = _write_table(root / "huge_loss.csv", [*rows[:5], {**rows[5], "loss": 1e300}, *rows[6:]])
+    fx["huge_step"] = _write_table(root / "huge_step.csv", [*rows[:5], {**rows[5], "step": 1e300}, *rows[6:]])
+    fx["nan_loss"] = _write_table(root / "nan_loss.csv", [*rows[:5], {**rows[5], "loss": "nan"}, *rows[6:]])
+    fx["no_run"] = _write_table(root / "no_run.csv", rows, [c for c in rows[0] if c != "run"])
+    params = {"a": np.array([30.0, 30.0]), "c": np.array([2.0, 3.0]), "alpha": np.array([0.1, 0.1]),
+              "beta": np.array([0.5, 0.5])}
+    fx["fit"] = str(root / "fit.json")
+    FittedLaw("bimix", 1, ("code", "web"), ("code", "web"), params).save(fx["fit"])
+    dup = json.load(open(fx["fit"]))
+    dup["train_domains"] = ["code", "code"]
+    fx["dup_fit"] = str(root / "dup_fit.json")
+    json.dump(dup, open(fx["dup_fit"], "w"))
+    # A workdir whose prepared tokens were truncated (a crash of another program, a full disk, a bad copy).
+    sys.path.insert(0, REPO)
+    from configs import tiny
+
+    fx["prepared"] = str(root / "prepared")
+    prepare_data(DataSpec.from_config(tiny.get_config("runlocal").data), fx["prepared"])
+    npz = os.path.join(fx["prepared"], "data", "tokens.npz")
+    with open(npz, "r+b") as f:
+        f.truncate(os.path.getsize(npz) // 2)
+
+    cases = []
+    for binary, cid, argv, _ in CATALOG:
+        new = str(root / "new" / binary / cid)
+        args = [a.format(**fx, new=new) for a in argv]
+        cases.append({"id": f"{binary}/{cid}", "binary": binary, "argv": args, "watch": [str(root)]})
+    with open(root / "cases.json", "w") as f:
+        json.dump(cases, f)
+    repo_before = sorted(os.listdir(REPO))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", BIMIX_JAX_CACHE_DIR="")
+    proc = subprocess.run([sys.executable, "-m", "tests.badinput_lib", str(root / "cases.json"),
+                           str(root / "results.json")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(REPO)) == repo_before  # nothing written into the current directory
+    with open(root / "results.json") as f:
+        out = json.load(f)
+    for cid, r in out.items():
+        r["written"] = [p for p in r["written"] if "cases.json" not in p and "results.json" not in p]
+    return out, fx
+
+
+def _check(results, binary, cid, message):
+    out, fx = results
+    r = out[f"{binary}/{cid}"]
+    lines = r["stderr"].strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert r["code"] == 2, r["stderr"][-2000:]
+    assert len(errors) == 1 and errors[0] == lines[-1], r["stderr"][-2000:]
+    assert message.format(**fx) in errors[0], errors[0]
+    assert "Traceback" not in r["stderr"], r["stderr"][-2000:]
+    assert not r["written"], r["written"]
+
+
+def _cases(binary):
+    return [pytest.param(cid, msg, id=cid) for b, cid, _, msg in CATALOG if b == binary]
+
+
+@pytest.mark.parametrize("cid, message", _cases("train"))
+def test_train(results, cid, message):
+    _check(results, "train", cid, message)
+
+
+@pytest.mark.parametrize("cid, message", _cases("train_many"))
+def test_train_many(results, cid, message):
+    _check(results, "train_many", cid, message)
+
+
+@pytest.mark.parametrize("cid, message", _cases("entropy_mixture"))
+def test_entropy_mixture(results, cid, message):
+    _check(results, "entropy_mixture", cid, message)
+
+
+@pytest.mark.parametrize("cid, message", _cases("fit_law"))
+def test_fit_law(results, cid, message):
+    _check(results, "fit_law", cid, message)
+
+
+@pytest.mark.parametrize("cid, message", _cases("optimize_mixture"))
+def test_optimize_mixture(results, cid, message):
+    _check(results, "optimize_mixture", cid, message)
+
+
+@pytest.mark.parametrize("cid, message", _cases("run_pipeline"))
+def test_run_pipeline(results, cid, message):
+    _check(results, "run_pipeline", cid, message)
