@@ -41,6 +41,7 @@ from bimix_jax.train.evaluate import EvalSet, build_eval_set, make_eval_fn
 from bimix_jax.model import DecoderConfig, format_size
 from bimix_jax.train.log import CHECKPOINT_DIR, LOSSES_FILE, METRICS_FILE, RunLog, shares  # noqa: F401 - re-exported
 from bimix_jax.train.state import RunSpec, init_state, make_optimizer, make_train_step
+from bimix_jax.train import sharding
 
 CONFIG_FILE = "config.json"
 _COMPARED = ("run_name", "spec", "domains", "proportions", "data_fingerprint", "vocab_size")
@@ -148,10 +149,10 @@ def neutral_spec(spec: RunSpec) -> RunSpec:
 def _programs(cfg: DecoderConfig, spec: RunSpec, mesh: Mesh, num_domains: int) -> Programs:
     repl, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     optimizer = make_optimizer(spec.optim, spec.train.steps)
-    init = jax.jit(lambda k: init_state(cfg, optimizer, k, num_domains), out_shardings=repl)
-    abstract_state = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
-                                            jax.eval_shape(init, jax.random.key(0)))
-    state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, abstract_state)
+    state_sharding = sharding.trainer_state_sharding(cfg, lambda k: init_state(cfg, optimizer, k, num_domains), mesh)
+    init = jax.jit(lambda k: init_state(cfg, optimizer, k, num_domains), out_shardings=state_sharding)
+    abstract_state = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                            jax.eval_shape(init, jax.random.key(0)), state_sharding)
     eval_sharding = EvalSet(*(NamedSharding(mesh, P(None, "data")),) * 3, repl)
     return Programs(
         init=init,
