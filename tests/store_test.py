@@ -87,3 +87,18 @@ def test_store_resumes_after_kill(corpus, tmp_path):
     other = store.StoreSpec(sources=sources, tokenizer_path=tok_path, record_tokens=8)
     with pytest.raises(InputError, match="another spec"):
         store.prepare_store(other, out)
+
+
+def test_entropy_report_streams_the_store(corpus, tmp_path):
+    from bimix_jax.entropy.counts import entropy_report
+
+    sources, docs, tok_path = corpus
+    spec = store.StoreSpec(sources=sources, tokenizer_path=tok_path, record_tokens=5, val_fraction=0.0)
+    out = str(tmp_path / "st")
+    store.prepare_store(spec, out, workers=2)  # Two local processes.
+    store.finalize_store(spec, out)
+    st = store.open_store(out)
+    want = _expected(spec, docs, Tokenizer.load(tok_path))
+    streamed = entropy_report({d: st.split(d) for d in st.domains}, st.vocab_size, sequence_length=16)
+    in_memory = entropy_report({d: want[d]["train"] for d in st.domains}, st.vocab_size, sequence_length=16)
+    assert streamed["entropy"] == in_memory["entropy"] and streamed["mixture"] == in_memory["mixture"]
