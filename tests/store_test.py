@@ -102,3 +102,14 @@ def test_entropy_report_streams_the_store(corpus, tmp_path):
     streamed = entropy_report({d: st.split(d) for d in st.domains}, st.vocab_size, sequence_length=16)
     in_memory = entropy_report({d: want[d]["train"] for d in st.domains}, st.vocab_size, sequence_length=16)
     assert streamed["entropy"] == in_memory["entropy"] and streamed["mixture"] == in_memory["mixture"]
+
+
+@pytest.mark.slow  # Generates and streams a 2 GiB corpus: tens of minutes on 2 cores.
+def test_streamed_preparation_memory_is_bounded_on_2gb(tmp_path):
+    from experiments import bench_store
+
+    out = bench_store.measure(str(tmp_path), corpus_mb=2048, compare_mb=0)
+    assert out["corpus_bytes"] >= 2 * 2**30
+    # The child's peak RSS is the interpreter and libraries plus one batch and one record: far below the corpus.
+    assert out["streamed"]["peak_rss_mb"] < 400, out
+    assert out["streamed"]["tokens"] > 0
