@@ -25,30 +25,44 @@ def write_corpus(root: str, total_mb: int, *, files_per_domain: int = 4, seed: i
         words = np.array(["".join(word_rng.choice(letters, word_rng.integers(2, 9))) for _ in range(3000)])
         weights = 1.0 / np.arange(1, words.size + 1)  # Zipf-like word frequencies.
         os.makedirs(root, exist_ok=True)
+        # A pool of 1024 documents (json lines) per domain; files are random draws from it (fast to write).
+        ids = word_rng.choice(words.size, (1024, _DOC_WORDS), p=weights / weights.sum())
+        pool = [json.dumps({"text": " ".join(words[row].tolist())}) + "\n" for row in ids]
         for f in range(files_per_domain):
             path = os.path.join(root, f"{d}-{f}.jsonl")
             written = 0
             with open(path, "w", encoding="utf-8") as out:
                 while written < per_file:
-                    ids = rng.choice(words.size, (256, _DOC_WORDS), p=weights / weights.sum())
-                    lines = "".join(json.dumps({"text": " ".join(words[row])}) + "\n" for row in ids)
+                    lines = "".join(pool[i] for i in rng.integers(0, len(pool), 256))
                     out.write(lines)
                     written += len(lines)
             sources.setdefault(d, []).append(path)
     return sources
 
 
+_PEAK = """
+import resource
+def _peak_mb():  # This process's high-water RSS (VmHWM) and that of its waited-for children (workers).
+    hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+    return round(max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024, 1)
+"""
+
+
 def _child(code: str) -> dict:
-    """Runs python `code` (which prints one JSON line) in a child; adds its wall time and peak RSS."""
+    """Runs python `code` (which prints one JSON line) in a child; adds its wall time.
+
+    Peak memory is read inside the child (`_peak_mb`): the rusage of a child seen from here would include
+    this process's own RSS at the fork.
+    """
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", _PEAK + code], stdout=subprocess.PIPE, text=True,
                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
     out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    status = proc.wait()
     if status:
         raise RuntimeError(f"child failed ({status}): {out[-2000:]}")
     result = json.loads(out.strip().splitlines()[-1])
-    result.update(wall_s=round(time.perf_counter() - t, 2), peak_rss_mb=round(usage.ru_maxrss / 1024, 1))
+    result.update(wall_s=round(time.perf_counter() - t, 2))
     return result
 
 
@@ -62,7 +76,7 @@ store.prepare_store(spec, {out!r}, workers={workers})
 index = store.finalize_store(spec, {out!r})
 s = time.perf_counter() - t
 n = sum(sh["tokens"] for d in index["domains"].values() for sp in d.values() for sh in sp)
-print(json.dumps({{"tokens": n, "prepare_s": round(s, 2), "tokens_per_s": round(n / s)}}))
+print(json.dumps({{"tokens": n, "prepare_s": round(s, 2), "tokens_per_s": round(n / s), "peak_rss_mb": _peak_mb()}}))
 """
     return _child(code)
 
@@ -76,7 +90,7 @@ t = time.perf_counter()
 p = prepare_data(DataSpec(source="folder", path={folder!r}, tokenizer_path={tok!r}, val_fraction=0.01), {workdir!r})
 s = time.perf_counter() - t
 n = sum(p.tokens.token_counts("train").values()) + sum(p.tokens.token_counts("val").values())
-print(json.dumps({{"tokens": n, "prepare_s": round(s, 2), "tokens_per_s": round(n / s)}}))
+print(json.dumps({{"tokens": n, "prepare_s": round(s, 2), "tokens_per_s": round(n / s), "peak_rss_mb": _peak_mb()}}))
 """
     return _child(code)
 

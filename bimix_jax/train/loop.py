@@ -41,7 +41,7 @@ from bimix_jax.train.evaluate import EvalSet, build_eval_set, make_eval_fn
 from bimix_jax.model import DecoderConfig, format_size
 from bimix_jax.train.log import CHECKPOINT_DIR, LOSSES_FILE, METRICS_FILE, RunLog, shares  # noqa: F401 - re-exported
 from bimix_jax.train.state import RunSpec, init_state, make_optimizer, make_train_step
-from bimix_jax.train import sharding
+from bimix_jax.train import memory, sharding
 
 CONFIG_FILE = "config.json"
 _COMPARED = ("run_name", "spec", "domains", "proportions", "data_fingerprint", "vocab_size")
@@ -188,6 +188,7 @@ def train_run(
     check_run_name(run_name)
     proportions_D = check_proportions(proportions_D, D)
     mesh = _mesh(devices, spec)
+    memory.check_run(spec.model.decoder(tokens.vocab_size, t.seq_len), t, mesh.devices.flat)  # GPU/TPU only
     buffers = sampler.train_buffers(tokens, t.seq_len)
     eval_np = build_eval_set(tokens, seq_len=t.seq_len, eval_tokens=t.eval_tokens, batch_size=t.eval_batch_size)
     record = run_record(spec, tokens, proportions_D, run_name)
