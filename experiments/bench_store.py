@@ -126,3 +126,39 @@ def measure(tmp: str, *, corpus_mb: int, compare_mb: int, workers: int = 1) -> d
         out["compare_streamed"] = _stream(small, tok, os.path.join(tmp, "store_small"), workers)
         out["compare_in_memory"] = _in_memory(folder, tok, os.path.join(tmp, "wd"))
     return out
+
+
+def measure_input(tmp: str, *, corpus_mb: int = 32, batch_size: int = 64, seq_len: int = 1024, steps: int = 40,
+                  step_ms: float = 100.0, threads: int = 4) -> dict:
+    """Batches of the mixture input read from a token store: cost per batch, and the wait per step behind a
+    consumer that spends `step_ms` per step (time.sleep, standing in for the device's step)."""
+    from bimix_jax.data import store
+    from bimix_jax.data.input import MixtureInput
+
+    sources = write_corpus(os.path.join(tmp, "in"), corpus_mb)
+    tok = _tokenizer(sources, os.path.join(tmp, "tok_in.model"))
+    spec = store.StoreSpec(sources=sources, tokenizer_path=tok, record_tokens=4096)
+    store.prepare_store(spec, os.path.join(tmp, "store_in"))
+    store.finalize_store(spec, os.path.join(tmp, "store_in"))
+    st = store.open_store(os.path.join(tmp, "store_in"))
+    mi = MixtureInput({d: st.split(d) for d in st.domains}, seq_len=seq_len, batch_size=batch_size,
+                      schedule=[(0, [0.4, 0.3, 0.2, 0.1])], seed=0)
+    t = time.perf_counter()
+    for s in range(steps):
+        mi.batch(s)
+    sync_ms = (time.perf_counter() - t) / steps * 1e3
+    it = mi.iterate(0, steps + 1, threads=threads, prefetch=8)
+    next(it)  # Starts the reader threads.
+    waits = []
+    for _ in range(steps):
+        time.sleep(step_ms / 1e3)
+        t = time.perf_counter()
+        next(it)
+        waits.append(time.perf_counter() - t)
+    wait_ms = float(np.median(waits) * 1e3)
+    return {"batch": [batch_size, seq_len + 1], "tokens_per_batch": batch_size * (seq_len + 1),
+            "synchronous_ms_per_batch": round(sync_ms, 2),
+            "synchronous_tokens_per_s": round(batch_size * (seq_len + 1) / sync_ms * 1e3),
+            "simulated_step_ms": step_ms, "prefetch_threads": threads,
+            "wait_ms_per_step": {"median": round(wait_ms, 3), "max": round(max(waits) * 1e3, 3)},
+            "wait_share_of_step": round(wait_ms / (step_ms + wait_ms), 5)}
