@@ -90,6 +90,7 @@ def check_run(cfg: DecoderConfig, train, devices) -> MemoryEstimate | None:
     stats = devices[0].memory_stats() if hasattr(devices[0], "memory_stats") else None
     if not stats or "bytes_limit" not in stats:
         return None
-    flash = cfg.attention == "dot_product" or (cfg.attention == "auto" and devices[0].platform != "cpu")
+    # cuDNN flash attention on GPU keeps O(S) per head; XLA's dot_product_attention (TPU, CPU) keeps the scores.
+    flash = cfg.attention != "einsum" and devices[0].platform == "gpu"
     return check(cfg, batch_size=train.batch_size, microbatches=train.microbatches, seq_len=train.seq_len,
                  devices=len(devices), device_bytes=float(stats["bytes_limit"]), flash_attention=flash)
