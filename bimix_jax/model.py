@@ -4,6 +4,11 @@ Pre-norm blocks (RMSNorm -> causal self-attention -> residual, RMSNorm -> GELU M
 rotary position embeddings (RoPE) on queries and keys (no position parameters), a final RMSNorm and
 logits tied to the input embedding. Parameters are float32; `dtype` sets the compute dtype
 (`bfloat16` for GPU/TPU configs, `float32` on CPU). Logits are returned in float32.
+
+Every parameter carries logical axis names (`nn.with_partitioning`: vocab, embed, heads, kv, mlp) that
+`bimix_jax.train.sharding` maps onto a device mesh; `init_params` returns plain arrays. `remat=True`
+recomputes each block's activations in the backward pass; `attention='auto'` uses
+`jax.nn.dot_product_attention` (cuDNN flash attention on GPU) off CPU and the einsum path on CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +24,21 @@ import numpy as np
 from bimix_jax.errors import InputError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ATTENTION = ("auto", "einsum", "dot_product")
+
+
+def _init(init, *axes: str | None):
+    """An initializer carrying logical axis names (read by `bimix_jax.train.sharding`)."""
+    return nn.with_partitioning(init, axes)
+
+
+def _attend(cfg: "DecoderConfig", q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array) -> jax.Array:
+    kind = cfg.attention
+    if kind == "auto":
+        kind = "einsum" if jax.default_backend() == "cpu" else "dot_product"
+    if kind == "einsum":
+        return causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +53,8 @@ class DecoderConfig:
     max_len: int
     dtype: str = "float32"  # compute dtype: float32 or bfloat16
     rope_base: float = 10_000.0
+    remat: bool = False  # recompute block activations in the backward pass (memory for compute)
+    attention: str = "auto"  # auto | einsum | dot_product
 
     def __post_init__(self):
         for name in ("D", "H", "L", "F", "V", "max_len"):
@@ -45,6 +67,8 @@ class DecoderConfig:
             )
         if self.dtype not in DTYPES:
             raise InputError(f"model.dtype={self.dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
+        if self.attention not in ATTENTION:
+            raise InputError(f"model.attention={self.attention!r} is unknown; choose one of {', '.join(ATTENTION)}")
 
     @property
     def K(self) -> int:  # noqa: N802 - head width, single letter like the other dimensions.
@@ -103,13 +127,13 @@ class Attention(nn.Module):
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         c = self.cfg
         dtype = DTYPES[c.dtype]
-        init = nn.initializers.normal(0.02)
+        init = _init(nn.initializers.normal(0.02), "embed", None, "heads", "kv")
         qkv_BxLx3xHxK = nn.DenseGeneral((3, c.H, c.K), use_bias=False, dtype=dtype, kernel_init=init,
                                         name="qkv")(x_BxLxD)
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
         q_BxLxHxK, k_BxLxHxK = _rope(q_BxLxHxK, c.rope_base), _rope(k_BxLxHxK, c.rope_base)
-        o_BxLxHxK = causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
-        out_init = nn.initializers.normal(0.02 / math.sqrt(2 * c.L))
+        o_BxLxHxK = _attend(c, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+        out_init = _init(nn.initializers.normal(0.02 / math.sqrt(2 * c.L)), "heads", "kv", "embed")
         return nn.DenseGeneral(c.D, axis=(-2, -1), use_bias=False, dtype=dtype, kernel_init=out_init,
                                name="out")(o_BxLxHxK)
 
@@ -121,10 +145,12 @@ class Mlp(nn.Module):
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         c = self.cfg
         dtype = DTYPES[c.dtype]
-        h_BxLxF = nn.Dense(c.F, dtype=dtype, kernel_init=nn.initializers.normal(0.02), name="up")(x_BxLxD)
+        h_BxLxF = nn.Dense(c.F, dtype=dtype, kernel_init=_init(nn.initializers.normal(0.02), "embed", "mlp"),
+                           bias_init=_init(nn.initializers.zeros, "mlp"), name="up")(x_BxLxD)
         h_BxLxF = jax.nn.gelu(h_BxLxF)
-        out_init = nn.initializers.normal(0.02 / math.sqrt(2 * c.L))
-        return nn.Dense(c.D, dtype=dtype, kernel_init=out_init, name="down")(h_BxLxF)
+        out_init = _init(nn.initializers.normal(0.02 / math.sqrt(2 * c.L)), "mlp", "embed")
+        return nn.Dense(c.D, dtype=dtype, kernel_init=out_init, bias_init=_init(nn.initializers.zeros, "embed"),
+                        name="down")(h_BxLxF)
 
 
 class Block(nn.Module):
@@ -133,8 +159,10 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         dtype = DTYPES[self.cfg.dtype]
-        x_BxLxD = x_BxLxD + Attention(self.cfg, name="attn")(nn.RMSNorm(dtype=dtype, name="norm1")(x_BxLxD))
-        return x_BxLxD + Mlp(self.cfg, name="mlp")(nn.RMSNorm(dtype=dtype, name="norm2")(x_BxLxD))
+        scale = _init(nn.initializers.ones, "embed")
+        x_BxLxD = x_BxLxD + Attention(self.cfg, name="attn")(
+            nn.RMSNorm(dtype=dtype, scale_init=scale, name="norm1")(x_BxLxD))
+        return x_BxLxD + Mlp(self.cfg, name="mlp")(nn.RMSNorm(dtype=dtype, scale_init=scale, name="norm2")(x_BxLxD))
 
 
 class Decoder(nn.Module):
@@ -145,9 +173,11 @@ class Decoder(nn.Module):
     def setup(self):
         c = self.cfg
         dtype = DTYPES[c.dtype]
-        self.embed = nn.Embed(c.V, c.D, dtype=dtype, embedding_init=nn.initializers.normal(0.02), name="embed")
-        self.blocks = [Block(c, name=f"block{i}") for i in range(c.L)]
-        self.norm = nn.RMSNorm(dtype=dtype, name="norm")
+        self.embed = nn.Embed(c.V, c.D, dtype=dtype, embedding_init=_init(nn.initializers.normal(0.02), "vocab", "embed"),
+                              name="embed")
+        block = nn.remat(Block) if c.remat else Block
+        self.blocks = [block(c, name=f"block{i}") for i in range(c.L)]
+        self.norm = nn.RMSNorm(dtype=dtype, scale_init=_init(nn.initializers.ones, "embed"), name="norm")
 
     def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
         return self.decode(self.embed(tokens_BxL))
@@ -163,6 +193,11 @@ class Decoder(nn.Module):
 
 def init_params(cfg: DecoderConfig, key: jax.Array) -> dict:
     """Parameters of a fresh model (float32)."""
+    return nn.meta.unbox(init_boxed_params(cfg, key))
+
+
+def init_boxed_params(cfg: DecoderConfig, key: jax.Array) -> dict:
+    """Parameters with their logical axis names (`nn.Partitioned` boxes)."""
     return Decoder(cfg).init(key, jnp.zeros((1, min(cfg.max_len, 8)), jnp.int32))["params"]
 
 

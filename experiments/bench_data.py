@@ -2,9 +2,19 @@
 
     python -m experiments.bench_data
     python -m experiments.bench_data --spec=vocab_size=4096,embedded_chars_per_domain=1000000 --repeats=5
+    python -m experiments.bench_data --mode=store --corpus_mb=2048 --compare_mb=200
 
 `--spec` overrides `DataSpec` fields (`key=value`, comma-separated). Each repeat prepares into a fresh
 temporary workdir, then loads it again from the cache; the medians and every sample are printed.
+
+`--mode=store` writes a generated jsonl corpus (4 domains of random words) of `--corpus_mb` MB and streams
+it into a token store (`bimix_jax.data.store`) in a child process, reporting tokens/s and the child's peak
+RSS; with `--compare_mb` it also prepares a corpus of that size both ways, streamed and in memory
+(`prepare_data`), each in its own child process.
+
+`--mode=input` reads batches of 64 x 1025 tokens of the mixture input (`bimix_jax.data.input`) from a store:
+the cost of one batch, and the wait per step behind a consumer sleeping 100 ms per step (standing in for a
+device step), with grain's reader threads ahead of it.
 """
 
 from __future__ import annotations
@@ -22,6 +32,11 @@ from experiments import cli
 
 _SPEC = flags.DEFINE_string("spec", "", "DataSpec overrides, e.g. vocab_size=4096,seed=1.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions of each step.")
+_MODE = flags.DEFINE_enum("mode", "prepare", ["prepare", "store", "input"], "What to measure.")
+_CORPUS_MB = flags.DEFINE_integer("corpus_mb", 256, "store mode: size of the generated corpus streamed into a store.")
+_COMPARE_MB = flags.DEFINE_integer("compare_mb", 0, "store mode: corpus size for streamed vs in-memory (0: skip).")
+_WORKERS = flags.DEFINE_integer("workers", 1, "store mode: local worker processes of prepare_store.")
+_DIR = flags.DEFINE_string("dir", "", "store mode: scratch folder (default: a temporary folder, removed after).")
 
 
 def _timed(fn, repeats: int) -> tuple[list[float], object]:
@@ -35,6 +50,19 @@ def _timed(fn, repeats: int) -> tuple[list[float], object]:
 
 def main(argv: Sequence[str]) -> None:
     del argv
+    if _MODE.value == "store":
+        from experiments import bench_store
+
+        with tempfile.TemporaryDirectory(dir=_DIR.value or None) as tmp:
+            print(json.dumps(bench_store.measure(tmp, corpus_mb=_CORPUS_MB.value, compare_mb=_COMPARE_MB.value,
+                                                 workers=_WORKERS.value), indent=2))
+        return
+    if _MODE.value == "input":
+        from experiments import bench_store
+
+        with tempfile.TemporaryDirectory(dir=_DIR.value or None) as tmp:
+            print(json.dumps(bench_store.measure_input(tmp), indent=2))
+        return
     from bimix_jax.data import prepare, tokenizer
     from bimix_jax.data.spec import DataSpec
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -298,6 +299,16 @@ def token_entropies(tokens, vocab_size: int, *, name: str = "tokens", **counter_
     return counter.result()
 
 
+def stream_entropies(chunks: Iterable[np.ndarray], vocab_size: int, *, name: str = "tokens",
+                     **counter_kwargs) -> TokenEntropy:
+    """SE, CE, JE of a stream given in chunks (e.g. `TokenStore.split(d).chunks()`); memory is one chunk
+    plus the counter's bound, whatever the stream's length."""
+    counter = BigramCounter(vocab_size, name=name, **counter_kwargs)
+    for chunk in chunks:
+        counter.update(chunk)
+    return counter.result()
+
+
 def entropy_mixture(entropies: Mapping[str, float], temperature: float = 1.0) -> dict[str, float]:
     """`r_i = exp(H_i / T) / sum_j exp(H_j / T)` (BiMix Eq. 13 at T = 1), per domain."""
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
@@ -324,7 +335,7 @@ def consistency(mix_se: Mapping[str, float], mix_ce: Mapping[str, float],
     return {"per_domain": per, "constant": float(values.mean()), "spread": float(values.max() - values.min())}
 
 
-def entropy_report(tokens: Mapping[str, np.ndarray], vocab_size: int,
+def entropy_report(tokens: Mapping[str, Any], vocab_size: int,
                    documents: Mapping[str, Sequence[str]] | None = None, *, proxy: str = "ce",
                    temperature: float = 1.0, sequence_length: int = 0, max_docs: int = 1000,
                    embed_config: EmbedConfig = EmbedConfig(), workers: int | None = None) -> dict:
@@ -346,7 +357,9 @@ def entropy_report(tokens: Mapping[str, np.ndarray], vocab_size: int,
                 f"domain {missing[0]!r} has tokens but no documents; give documents for every domain")
 
     def measure(d: str) -> dict:
-        out = token_entropies(tokens[d], vocab_size, name=d, sequence_length=sequence_length).to_dict()
+        src = tokens[d]  # An array, or a token-store split (streamed by its `chunks()`).
+        out = (stream_entropies(src.chunks(), vocab_size, name=d, sequence_length=sequence_length) if hasattr(src, "chunks")
+               else token_entropies(src, vocab_size, name=d, sequence_length=sequence_length)).to_dict()
         if documents is not None:
             v = domain_vne(documents[d], domain=d, max_docs=max_docs, cfg=embed_config)
             out.update(vne=v["vne"], vne_docs_used=v["docs_used"], vne_docs_total=v["docs_total"])

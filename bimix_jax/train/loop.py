@@ -42,6 +42,7 @@ from bimix_jax.model import DecoderConfig, format_size
 from bimix_jax.train.log import CHECKPOINT_DIR, LOSSES_FILE, METRICS_FILE, RunLog, shares  # noqa: F401 - re-exported
 from bimix_jax.train.segments import METHOD_FILE, ScheduleRunner, split_feedback
 from bimix_jax.train.state import RunSpec, init_state, make_optimizer, make_train_step
+from bimix_jax.train import memory, sharding
 from bimix_jax.online.schedule import MixingMethod
 from bimix_jax.online.spec import OnlineSpec
 
@@ -157,10 +158,10 @@ def neutral_spec(spec: RunSpec) -> RunSpec:
 def _programs(cfg: DecoderConfig, spec: RunSpec, mesh: Mesh, num_domains: int) -> Programs:
     repl, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     optimizer = make_optimizer(spec.optim, spec.train.steps)
-    init = jax.jit(lambda k: init_state(cfg, optimizer, k, num_domains), out_shardings=repl)
-    abstract_state = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
-                                            jax.eval_shape(init, jax.random.key(0)))
-    state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, abstract_state)
+    state_sharding = sharding.trainer_state_sharding(cfg, lambda k: init_state(cfg, optimizer, k, num_domains), mesh)
+    init = jax.jit(lambda k: init_state(cfg, optimizer, k, num_domains), out_shardings=state_sharding)
+    abstract_state = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                            jax.eval_shape(init, jax.random.key(0)), state_sharding)
     eval_sharding = EvalSet(*(NamedSharding(mesh, P(None, "data")),) * 3, repl)
     return Programs(
         init=init,
@@ -206,6 +207,7 @@ def train_run(
         raise InputError(f"online.feedback_tokens={feedback_tokens}: the {method.name} method needs feedback tokens "
                          "(>= 1 per domain); set online.feedback_tokens")
     mesh = _mesh(devices, spec)
+    memory.check_run(spec.model.decoder(tokens.vocab_size, t.seq_len), t, mesh.devices.flat)  # GPU/TPU only
     tokens, feedback = split_feedback(tokens, feedback_tokens, t.seq_len)
     buffers = sampler.train_buffers(tokens, t.seq_len)
     eval_np = build_eval_set(tokens, seq_len=t.seq_len, eval_tokens=t.eval_tokens, batch_size=t.eval_batch_size)
