@@ -150,7 +150,10 @@ class Kernel(_Regression):
 
     def stack(self, per):
         n = max(len(p["a"]) for p in per)  # Pad rows with a = 0 (no contribution).
-        pad = lambda v, k: np.concatenate([v, np.zeros((n - len(v),) + v.shape[1:])]) if k in ("x", "a") else v  # noqa: E731
+
+        def pad(v: np.ndarray, k: str) -> np.ndarray:
+            return np.concatenate([v, np.zeros((n - len(v),) + v.shape[1:])]) if k in ("x", "a") else v
+
         return {k: np.stack([pad(np.asarray(p[k], float), k) for p in per]) for k in self.param_names}
 
     def predict(self, params, r_D, s):

@@ -67,7 +67,7 @@ def fit_table(table: LossTable, min_step: float) -> LossTable:
     return table.subset(table.step >= min_step, what=f"fit window (steps >= {min_step:g})")
 
 
-def choose_law(rows: LossTable, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def choose_law(rows: LossTable) -> tuple[str, dict[str, Any]]:
     """`pipeline.law = auto`: the law of AUTO_CANDIDATES with the best leave-one-mixture-out R^2 on the checkpoints
     before each run's last one (so the last checkpoints, which the report scores as held out, never choose)."""
     last = np.max(rows.step)
@@ -88,7 +88,7 @@ def fit_stage(table: LossTable, *, min_step: float, options: Mapping[str, Any], 
     rows = fit_table(table, min_step)
     choice = None
     if law == "auto":
-        law, choice = choose_law(rows, options)
+        law, choice = choose_law(rows)
     at = {"target_step": float(target_step)} if target_step and not get_law(law).uses_step else {}
     fitted = fit_law(rows, law, **options, **at)
     last = protocols.last_step(rows, law, **options)
