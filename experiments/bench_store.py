@@ -109,11 +109,12 @@ def _tokenizer(sources: dict, path: str) -> str:
 def measure(tmp: str, *, corpus_mb: int, compare_mb: int, workers: int = 1) -> dict:
     out: dict = {"workers": workers, "cpu_count": os.cpu_count()}
     t = time.perf_counter()
-    sources = write_corpus(os.path.join(tmp, "big"), corpus_mb)
+    sources = write_corpus(os.path.join(tmp, "big"), max(1, corpus_mb))
     out["generate_s"] = round(time.perf_counter() - t, 1)
-    out["corpus_bytes"] = sum(os.path.getsize(f) for fs in sources.values() for f in fs)
     tok = _tokenizer(sources, os.path.join(tmp, "tok.model"))
-    out["streamed"] = _stream(sources, tok, os.path.join(tmp, "store_big"), workers)
+    if corpus_mb:
+        out["corpus_bytes"] = sum(os.path.getsize(f) for fs in sources.values() for f in fs)
+        out["streamed"] = _stream(sources, tok, os.path.join(tmp, "store_big"), workers)
     for f in (f for fs in sources.values() for f in fs):
         os.remove(f)
     if compare_mb:

@@ -114,8 +114,8 @@ def test_remat_keeps_gradients():
 
     from bimix_jax.model import DecoderConfig, init_params, token_losses
 
-    cfg = DecoderConfig(D=32, H=2, L=2, F=64, V=64, max_len=8)
-    x = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 9)), jnp.int32)
+    cfg = DecoderConfig(D=16, H=2, L=1, F=32, V=32, max_len=4)
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 32, (2, 5)), jnp.int32)
     p = init_params(cfg, jax.random.key(0))
     g = jax.jit(jax.grad(lambda q, c: jnp.mean(token_losses(c, q, x))), static_argnums=1)
     ga, gb = g(p, cfg), g(p, dataclasses.replace(cfg, remat=True))

@@ -113,3 +113,24 @@ def test_streamed_preparation_memory_is_bounded_on_2gb(tmp_path):
     # The child's peak RSS is the interpreter and libraries plus one batch and one record: far below the corpus.
     assert out["streamed"]["peak_rss_mb"] < 400, out
     assert out["streamed"]["tokens"] > 0
+
+
+def test_prepare_store_binary(corpus, tmp_path):
+    import subprocess
+    import sys
+
+    sources, _, tok_path = corpus
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", BIMIX_JAX_CACHE_DIR="")
+    src = ";".join(f"{d}={os.path.dirname(fs[0])}/{d}-*.jsonl" for d, fs in sources.items())
+    out = str(tmp_path / "st")
+    ok = subprocess.run([sys.executable, "-m", "experiments.prepare_store", f"--sources={src}", f"--tokenizer={tok_path}",
+                         f"--out={out}", "--record_tokens=32"], cwd=root, env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert store.open_store(out).token_counts()["code"] > 0
+    bad = subprocess.run([sys.executable, "-m", "experiments.prepare_store", "--sources=code=/nonexistent/*.jsonl",
+                          f"--tokenizer={tok_path}", f"--out={tmp_path / 'bad'}"], cwd=root, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: --sources: no file matches '/nonexistent/*.jsonl' for domain 'code'; fix the glob"]
+    assert not os.path.exists(tmp_path / "bad")
