@@ -23,7 +23,7 @@ def _run(cmd: Sequence[str], env: dict, cwd: str, timeout: float) -> subprocess.
 def chaos_trials(command: Sequence[str], *, workdir_flag: str, files: Sequence[str], trials: int, root: str,
                  env: dict, cwd: str, seed: int = 0, numbers: Callable[[str], object] | None = None,
                  timeout: float = 1200) -> list[dict]:
-    """Runs `command` once uninterrupted, then `trials` times killed (SIGKILL) at a random moment and rerun.
+    """Runs `command` twice uninterrupted, then `trials` times killed (SIGKILL) at a random moment and rerun.
 
     Each trial's `files` (relative to its workdir) must be byte-identical to the uninterrupted run's, and
     `numbers(workdir)` (e.g. a report's numbers) equal. Returns one record per trial (kill time, whether
@@ -31,12 +31,17 @@ def chaos_trials(command: Sequence[str], *, workdir_flag: str, files: Sequence[s
     """
     rng = random.Random(seed)
     ref = os.path.join(root, "reference")
-    start = time.perf_counter()
     out = _run([*command, f"{workdir_flag}={ref}"], env, cwd, timeout)
-    duration = time.perf_counter() - start
     assert out.returncode == 0, out.stderr[-3000:]
     expected = {f: open(os.path.join(ref, f), "rb").read() for f in files}
     expected_numbers = numbers(ref) if numbers else None
+    # A second uninterrupted run, with warm compilation caches like the trials', sets the kill window.
+    warm = os.path.join(root, "warm")
+    start = time.perf_counter()
+    out = _run([*command, f"{workdir_flag}={warm}"], env, cwd, timeout)
+    duration = time.perf_counter() - start
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert all(open(os.path.join(warm, f), "rb").read() == expected[f] for f in files)
     records = []
     for k in range(trials):
         wd = os.path.join(root, f"trial{k}")

@@ -319,8 +319,8 @@ def entropy_mixture(entropies: Mapping[str, float], temperature: float = 1.0) ->
     bad = [d for d, v in zip(entropies, h) if not math.isfinite(v)]
     if bad:
         raise InputError(f"domain {bad[0]!r} has a non-finite entropy; check its data")
-    z = h / temperature
-    w = np.exp(z - z.max())
+    z = (h - h.max()) / temperature  # <= 0, so a tiny temperature gives 0 and -inf, never inf - inf
+    w = np.exp(z)
     return dict(zip(entropies, (w / w.sum()).tolist()))
 
 
