@@ -52,10 +52,13 @@ def finished(tmp_path_factory):
 
 def test_another_mixture_and_seed_reuse_the_compiled_step(finished, tmp_path):
     spec = dataclasses.replace(SPEC, train=dataclasses.replace(SPEC.train, seed=1, eval_every=5, log_every=2))
-    other = train_run(spec, synthetic_tokens(), np.array([0.0, 0.25, 0.75]), str(tmp_path / "w"), run_name="r2")
     programs = _programs()
-    assert programs.train_step._cache_size() == 1  # two mixtures, seeds and eval schedules; one compilation
-    assert programs.eval._cache_size() == 1
+    # Other tests in the session may have compiled these functions for other shapes: count what this run adds.
+    before = programs.train_step._cache_size(), programs.eval._cache_size()
+    other = train_run(spec, synthetic_tokens(), np.array([0.0, 0.25, 0.75]), str(tmp_path / "w"), run_name="r2")
+    assert before[0] >= 1 and before[1] >= 1  # the `finished` run compiled them
+    # Another mixture, seed and eval schedule: no new compilation.
+    assert (programs.train_step._cache_size(), programs.eval._cache_size()) == before
     assert other.realized_shares["alpha"] == 0.0 and other.realized_shares["gamma"] == pytest.approx(0.75, abs=0.05)
     # The model learns: training loss falls well below its start (log V = 4.16 nats).
     for run in (finished, other):
@@ -176,6 +179,7 @@ def test_diverging_loss_stops_with_a_clear_error(tmp_path):
 
 def test_microbatches_match_one_big_batch(finished):
     repl = _programs().abstract_state.rows_D.sharding  # place inputs as `train_run` does: no recompilation
+    compiled_before = _programs().train_step._cache_size()
     data = jax.device_put(sampler.train_buffers(synthetic_tokens(), SPEC.train.seq_len), repl)
     r_D = jax.device_put(np.asarray(MIX, np.float32), repl)
     sliced_spec = dataclasses.replace(SPEC, train=dataclasses.replace(SPEC.train, microbatches=2))
@@ -183,7 +187,7 @@ def test_microbatches_match_one_big_batch(finished):
     sliced = _programs(sliced_spec).train_step(_programs().init(jax.random.key(0)), data, jax.random.key(1), 0, r_D)[0]
     for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(sliced)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    assert _programs().train_step._cache_size() == 1
+    assert compiled_before >= 1 and _programs().train_step._cache_size() == compiled_before
 
 
 _DATA_PARALLEL = textwrap.dedent("""
