@@ -211,6 +211,16 @@ def _step_fn(cfg: DecoderConfig, spec: RunSpec, batch_sharding: jax.sharding.Sha
     )
 
 
+def _jit_donating_state(fn: Callable, n_args: int, state_sharding: Any, data_sharding: Any) -> Callable:
+    """`jax.jit(fn)` donating argument 0 (the state); with `state_sharding`, the state and the data (arguments 0
+    and 1) are placed by the given shardings and the other `n_args - 2` arguments are left to the compiler."""
+    kwargs = {}
+    if state_sharding is not None:
+        kwargs["in_shardings"] = (state_sharding, data_sharding) + (None,) * (n_args - 2)
+        kwargs["out_shardings"] = (state_sharding, None)
+    return jax.jit(fn, donate_argnums=(0,), **kwargs)
+
+
 def make_train_step(
     cfg: DecoderConfig,
     spec: RunSpec,
@@ -220,11 +230,7 @@ def make_train_step(
     batch_sharding: jax.sharding.Sharding | None = None,
 ) -> Callable:
     """The jitted `train_step(state, data, key, step, proportions_D) -> (state, metrics)`; donates `state`."""
-    kwargs = {}
-    if state_sharding is not None:
-        kwargs["in_shardings"] = (state_sharding, data_sharding, None, None, None)
-        kwargs["out_shardings"] = (state_sharding, None)
-    return jax.jit(_step_fn(cfg, spec, batch_sharding), donate_argnums=(0,), **kwargs)
+    return _jit_donating_state(_step_fn(cfg, spec, batch_sharding), 5, state_sharding, data_sharding)
 
 
 def _group_train_step(state_K: TrainState, data: sampler.TrainBuffers, key_K: jax.Array, step_K: jax.Array,
@@ -252,9 +258,5 @@ def make_group_train_step(
     from its own key, step and mixture (`jax.vmap` of the single-run step; `batch_sharding` shards the
     rows of each run's batch). Runs with `active_K` False keep their state. Donates `state_K`.
     """
-    kwargs = {}
-    if state_sharding is not None:
-        kwargs["in_shardings"] = (state_sharding, data_sharding, None, None, None, None)
-        kwargs["out_shardings"] = (state_sharding, None)
     fn = functools.partial(_group_train_step, step_fn=_step_fn(cfg, spec, batch_sharding))
-    return jax.jit(fn, donate_argnums=(0,), **kwargs)
+    return _jit_donating_state(fn, 6, state_sharding, data_sharding)
