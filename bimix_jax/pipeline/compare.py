@@ -28,15 +28,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from absl import logging
 
 from bimix_jax import atomic, loss_table
 from bimix_jax.data.prepare import prepare_data
 from bimix_jax.data.spec import DataSpec
-from bimix_jax.entropy import counts as entropy_counts
-from bimix_jax.entropy.vne import EmbedConfig
 from bimix_jax.errors import InputError
 from bimix_jax.laws import FittedLaw, fit_law
 from bimix_jax.mixture import constraints
@@ -283,19 +280,15 @@ def _static_mixtures(prepared, cspec: CompareSpec, store: provenance.StageStore)
     fp = provenance.fingerprint("entropy", tokens.fingerprint(), cspec.entropy_temperature, cspec.vne_max_docs)
 
     def compute():
-        rep = entropy_counts.entropy_report(
-            {d: tokens.train[d] for d in tokens.domains}, tokens.vocab_size,
-            {d: prepared.corpus.documents(d, "train") for d in tokens.domains}, proxy="ce",
-            temperature=cspec.entropy_temperature, sequence_length=0, max_docs=cspec.vne_max_docs,
-            embed_config=EmbedConfig(seed=prepared.spec.seed))
-        return {m: [rep["mixtures"][m][d] for d in tokens.domains] for m in ("se", "ce", "je", "vne")}
+        _, named = stages.corpus_mixtures(prepared, temperature=cspec.entropy_temperature, sequence_length=0,
+                                          max_docs=cspec.vne_max_docs)
+        return {m: named[m].tolist() for m in stages.ENTROPY_PROXIES}
 
     ent, _ = store.run("entropy", fp, compute)
     natural = tokens.natural_proportions()
     D = len(tokens.domains)
     return {"stratified": np.full(D, 1.0 / D), "natural": np.array([natural[d] for d in tokens.domains]),
             **{m: np.asarray(v) for m, v in ent.items()}}
-
 
 def _law_mixture(law: str, table: loss_table.LossTable, cspec: CompareSpec, steps: int, tokens) -> dict:
     """The law's optimal mixture at `steps`: BiMix through the pipeline's fit and mixture stages, the Data Mixing

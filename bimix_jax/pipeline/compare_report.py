@@ -6,7 +6,6 @@ import dataclasses
 import io
 import math
 import os
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax.scipy.special as jsp
@@ -89,7 +88,7 @@ def _fmt(x: float, nd: int = 4) -> str:
 def markdown(rep: dict[str, Any]) -> str:
     doms, ms = rep["domains"], rep["methods"]
     n = len(rep["seeds"])
-    lines = [f"# Mixing methods compared on one budget\n",
+    lines = ["# Mixing methods compared on one budget\n",
              f"{len(ms)} methods x {n} seeds ({', '.join(map(str, rep['seeds']))}), {rep['steps']} steps, "
              f"{rep['budget_tokens']:,} training tokens per final run. Average validation loss = the mean of the "
              "per-domain losses (nats) on the held-out split at the last step; perplexity = the mean of the per-domain "

@@ -41,8 +41,6 @@ from bimix_jax.data.spec import DataSpec
 from bimix_jax.errors import InputError
 from bimix_jax.laws.base import FittedLaw
 from bimix_jax.mixture import export
-from bimix_jax.entropy import counts as entropy_counts
-from bimix_jax.entropy.vne import EmbedConfig
 from bimix_jax.pipeline.spec import (OPTIMIZED, RUN_FIELDS, PipelineSpec, check_workdir_config, mixture_array,
                                      read_history, write_workdir_config)
 from bimix_jax.train.loop import CONFIG_FILE as RUN_CONFIG_FILE, LOSSES_FILE, train_run
@@ -95,18 +93,10 @@ def _export_json(path: str, obj: Any) -> None:
 
 
 def _candidates(prepared: PreparedData, spec: PipelineSpec, extras: list[tuple[str, np.ndarray]]) -> dict:
-    tokens = prepared.tokens
-    rep = entropy_counts.entropy_report(
-        {d: tokens.train[d] for d in tokens.domains}, tokens.vocab_size,
-        {d: prepared.corpus.documents(d, "train") for d in tokens.domains}, proxy="ce",
-        temperature=spec.entropy_temperature, sequence_length=spec.entropy_sequence_length,
-        max_docs=spec.vne_max_docs, embed_config=EmbedConfig(seed=prepared.spec.seed))
-    natural = tokens.natural_proportions()
-    named = {"baseline": np.array([natural[d] for d in tokens.domains]),
-             "uniform": np.full(len(tokens.domains), 1.0 / len(tokens.domains))}
-    named.update({m: np.array([rep["mixtures"][m][d] for d in tokens.domains]) for m in ("se", "ce", "je", "vne")})
-    cands = stages.candidate_mixtures(tokens.domains, named, spec.candidate_names, extras)
-    rep.pop("mixture")  # only the chosen proxy's copy of one of `mixtures`
+    rep, named = stages.corpus_mixtures(prepared, temperature=spec.entropy_temperature,
+                                        sequence_length=spec.entropy_sequence_length, max_docs=spec.vne_max_docs)
+    named["baseline"] = named.pop("natural")
+    cands = stages.candidate_mixtures(prepared.tokens.domains, named, spec.candidate_names, extras)
     return {"entropy": rep, "candidates": cands}
 
 

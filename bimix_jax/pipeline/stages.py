@@ -1,5 +1,7 @@
 """The pipeline's analysis stages, from loss tables and laws to JSON-able results (no training here).
 
+* `corpus_mixtures`: the training-free mixtures of a prepared corpus (natural shares, uniform, the entropy
+  proxies) with the entropy report;
 * `candidate_mixtures`: the candidate list from the corpus's natural shares and entropy mixtures, with
   duplicates (equal to 1e-6) marked;
 * `fit_stage`: BiMix fitted on every candidate's checkpoints from `min_step` on, scored by the
@@ -19,6 +21,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from bimix_jax.entropy import counts as entropy_counts
+from bimix_jax.entropy.vne import EmbedConfig
 from bimix_jax.errors import InputError
 from bimix_jax.laws import protocols, select
 from bimix_jax.laws.base import FittedLaw, get_law
@@ -29,6 +33,7 @@ from bimix_jax.mixture import constraints, optimize, uncertainty
 LAW = "bimix"
 AUTO_CANDIDATES = ("bimix", "ye")  # pipeline.law = auto chooses among these (bimix_jax.laws.select)
 DUPLICATE_ATOL = 1e-6
+ENTROPY_PROXIES = ("se", "ce", "je", "vne")
 SOURCES = {
     "baseline": "natural token shares of the training split",
     "uniform": "equal shares",
@@ -37,6 +42,24 @@ SOURCES = {
     "je": "softmax of each domain's joint (bigram) entropy, BiMix Eq. 13",
     "vne": "softmax of each domain's von Neumann entropy of document embeddings, BiMix Eq. 17-18",
 }
+
+
+def corpus_mixtures(prepared, *, temperature: float, sequence_length: int, max_docs: int
+                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The entropy report of a `bimix_jax.data.prepare.PreparedData` corpus and its training-free mixtures
+    ("natural" token shares, "uniform", and the entropy proxies "se", "ce", "je", "vne"), each in domain order."""
+    tokens = prepared.tokens
+    rep = entropy_counts.entropy_report(
+        {d: tokens.train[d] for d in tokens.domains}, tokens.vocab_size,
+        {d: prepared.corpus.documents(d, "train") for d in tokens.domains}, proxy="ce",
+        temperature=temperature, sequence_length=sequence_length, max_docs=max_docs,
+        embed_config=EmbedConfig(seed=prepared.spec.seed))
+    natural = tokens.natural_proportions()
+    named = {"natural": np.array([natural[d] for d in tokens.domains]),
+             "uniform": np.full(len(tokens.domains), 1.0 / len(tokens.domains))}
+    named.update({m: np.array([rep["mixtures"][m][d] for d in tokens.domains]) for m in ENTROPY_PROXIES})
+    rep.pop("mixture")  # only the chosen proxy's copy of one of `mixtures`
+    return rep, named
 
 
 def candidate_mixtures(domains: Sequence[str], named: Mapping[str, np.ndarray], order: Sequence[str],
