@@ -35,6 +35,12 @@ class YeDouble(Law):
         return params["c"] + params["k"] * jnp.exp(params["t"] @ r_D)
 
 
+def bimix_objective_np(params, r_MxD, s, w):
+    """The weighted BiMix loss in numpy, for grid searches (r_MxD: candidate mixtures)."""
+    L = r_MxD ** (-params["alpha"]) * (params["a"] * s ** (-params["beta"]) + params["c"])
+    return L @ w
+
+
 def domains(D: int) -> tuple[str, ...]:
     return tuple(f"d{i}" for i in range(D))
 
