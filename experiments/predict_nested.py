@@ -36,9 +36,16 @@ def main(argv: Sequence[str]) -> None:
     del argv
     import numpy as np
 
-    from bimix_jax import atomic, loss_table
+    from bimix_jax import atomic, loss_table, validate
     from bimix_jax.errors import InputError
     from bimix_jax.laws import nested
+
+    validate.output_file("--out", _OUT.value)
+    if _FIT.value:
+        validate.output_file("--fit", _FIT.value)
+    validate.in_range("--target_step", _TARGET_STEP.value, low=0, low_open=True, hint="give a training step > 0")
+    if _MAX_STEP.value is not None:
+        validate.in_range("--max_step", _MAX_STEP.value, low=0, low_open=True, hint="give a training step > 0")
 
     sizes = {}
     for item in filter(None, _SIZES.value.split(",")):

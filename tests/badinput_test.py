@@ -21,6 +21,9 @@ from bimix_jax.laws.base import FittedLaw
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "--config=configs/tiny.py:runlocal"
 PIPE = "--config=configs/pipeline_tiny.py:runlocal"
+CMP = "--config=configs/compare_tiny.py:runlocal"
+NESTED = ["--losses={sizes_table}", "--small_sizes=1M,2M", "--target_size=4M", "--target_step=800"]
+STORE = ["--sources=code={src}/*.jsonl", "--tokenizer={tokenizer}"]
 
 
 def _table_rows():
@@ -147,6 +150,50 @@ CATALOG = [
     ("run_pipeline", "bootstrap_negative", [PIPE, "--workdir={new}", "--config.pipeline.bootstrap=-1"],
      "pipeline.bootstrap"),
     ("run_pipeline", "workdir_is_file", [PIPE, "--workdir={file}"], "is a file, not a folder"),
+    # compare_methods
+    ("compare_methods", "workdir_empty", [CMP, "--workdir="], "--workdir is empty"),
+    ("compare_methods", "workdir_is_file", [CMP, "--workdir={file}"], "is a file, not a folder"),
+    ("compare_methods", "methods_empty", [CMP, "--workdir={new}", "--config.compare.methods="], "compare.methods"),
+    ("compare_methods", "method_unknown", [CMP, "--workdir={new}", "--config.compare.methods=bimix,zzz"],
+     "compare.methods: 'zzz' is unknown"),
+    ("compare_methods", "seeds_empty", [CMP, "--workdir={new}", "--config.compare.seeds="], "compare.seeds"),
+    ("compare_methods", "feedback_tokens_zero", [CMP, "--workdir={new}", "--config.online.feedback_tokens=0"],
+     "online.feedback_tokens"),
+    ("compare_methods", "b2_above_one", [CMP, "--workdir={new}", "--config.optim.b2=1.5"], "optim.b2=1.5"),
+    ("compare_methods", "config_arg_typo", ["--config=configs/compare_tiny.py:runlocall", "--workdir={new}"],
+     "known: runlocal"),
+    # compare_laws
+    ("compare_laws", "losses_is_dir", ["--losses={dir}", "--out={new}"], "is a directory"),
+    ("compare_laws", "out_empty", ["--losses={table}", "--out="], "--out is empty"),
+    ("compare_laws", "table_is_dir", ["--losses={table}", "--out={new}", "--table={dir}"], "--table={dir}"),
+    ("compare_laws", "plot_parent_is_file", ["--losses={table}", "--out={new}", "--plot={file}/p.png"], "--plot"),
+    ("compare_laws", "law_unknown", ["--losses={table}", "--out={new}", "--laws=zzz"], "'zzz'"),
+    ("compare_laws", "protocol_unknown", ["--losses={table}", "--out={new}", "--protocols=foo"], "--protocols"),
+    ("compare_laws", "k_one", ["--losses={table}", "--out={new}", "--k=1"], "--k=1"),
+    ("compare_laws", "n_boot_negative", ["--losses={table}", "--out={new}", "--n_boot=-1"], "--n_boot=-1"),
+    ("compare_laws", "model_size_absent", ["--losses={table}", "--out={new}", "--model_size=9B"], "model_size=9B"),
+    # predict_nested
+    ("predict_nested", "out_empty", [*NESTED, "--out="], "--out is empty"),
+    ("predict_nested", "fit_parent_is_file", [*NESTED, "--out={new}", "--fit={file}/f.json"], "--fit"),
+    ("predict_nested", "target_step_negative", [*NESTED[:3], "--target_step=-5", "--out={new}"], "--target_step"),
+    ("predict_nested", "max_step_zero", [*NESTED, "--out={new}", "--max_step=0"], "--max_step"),
+    ("predict_nested", "target_also_small", [*NESTED[:2], "--target_size=1M", NESTED[3], "--out={new}"],
+     "--target_size=1M is also in --small_sizes"),
+    ("predict_nested", "size_absent", [NESTED[0], "--small_sizes=1M,9B", *NESTED[2:], "--out={new}"], "'9B'"),
+    ("predict_nested", "sizes_not_number", [*NESTED, "--out={new}", "--sizes=1M=abc"], "--sizes"),
+    # prepare_store
+    ("prepare_store", "out_empty", [*STORE, "--out="], "--out is empty"),
+    ("prepare_store", "out_is_file", [*STORE, "--out={file}"], "is a file, not a folder"),
+    ("prepare_store", "tokenizer_missing", [STORE[0], "--tokenizer={dir}/none.model", "--out={new}"],
+     "--tokenizer={dir}/none.model does not exist"),
+    ("prepare_store", "tokenizer_not_a_model", [STORE[0], "--tokenizer={file}", "--out={new}"], "check --tokenizer"),
+    ("prepare_store", "record_tokens_one", [*STORE, "--out={new}", "--record_tokens=1"], "--record_tokens=1"),
+    ("prepare_store", "val_fraction_one", [*STORE, "--out={new}", "--val_fraction=1"], "--val_fraction=1"),
+    ("prepare_store", "workers_zero", [*STORE, "--out={new}", "--workers=0"], "--workers=0"),
+    ("prepare_store", "sources_no_match", ["--sources=code={dir}/*.jsonl", "--tokenizer={tokenizer}", "--out={new}"],
+     "no file matches"),
+    ("prepare_store", "sources_not_pairs", ["--sources=code", "--tokenizer={tokenizer}", "--out={new}"],
+     "is not domain=glob"),
 ]
 
 
@@ -162,6 +209,13 @@ def results(tmp_path_factory):
     fx["huge_step"] = _write_table(root / "huge_step.csv", [*rows[:5], {**rows[5], "step": 1e300}, *rows[6:]])
     fx["nan_loss"] = _write_table(root / "nan_loss.csv", [*rows[:5], {**rows[5], "loss": "nan"}, *rows[6:]])
     fx["no_run"] = _write_table(root / "no_run.csv", rows, [c for c in rows[0] if c != "run"])
+    fx["sizes_table"] = _write_table(root / "sizes.csv", [{**r, "model_size": m, "run": f"{m}_{r['run']}"}
+                                                          for m in ("1M", "2M", "4M")
+                                                          for r in rows])
+    fx["src"] = str(root / "src")
+    os.makedirs(fx["src"])
+    with open(os.path.join(fx["src"], "a.jsonl"), "w") as f:
+        f.write('{"text": "def f(x): return x"}\n')
     params = {"a": np.array([30.0, 30.0]), "c": np.array([2.0, 3.0]), "alpha": np.array([0.1, 0.1]),
               "beta": np.array([0.5, 0.5])}
     fx["fit"] = str(root / "fit.json")
@@ -179,6 +233,7 @@ def results(tmp_path_factory):
     npz = os.path.join(fx["prepared"], "data", "tokens.npz")
     with open(npz, "r+b") as f:
         f.truncate(os.path.getsize(npz) // 2)
+    fx["tokenizer"] = os.path.join(fx["prepared"], "data", "tokenizer.model")
 
     cases = []
     for binary, cid, argv, _ in CATALOG:
@@ -217,31 +272,23 @@ def _cases(binary):
     return [pytest.param(cid, msg, id=cid) for b, cid, _, msg in CATALOG if b == binary]
 
 
-@pytest.mark.parametrize("cid, message", _cases("train"))
-def test_train(results, cid, message):
-    _check(results, "train", cid, message)
+def _binary_test(binary):
+    """One parametrized test over the catalog's cases of `binary`."""
+
+    @pytest.mark.parametrize("cid, message", _cases(binary))
+    def test(results, cid, message):
+        _check(results, binary, cid, message)
+
+    test.__name__ = f"test_{binary}"
+    return test
 
 
-@pytest.mark.parametrize("cid, message", _cases("train_many"))
-def test_train_many(results, cid, message):
-    _check(results, "train_many", cid, message)
+BINARIES = list(dict.fromkeys(b for b, *_ in CATALOG))
+test_train, test_train_many, test_entropy_mixture, test_fit_law, test_optimize_mixture, test_run_pipeline, \
+    test_compare_methods, test_compare_laws, test_predict_nested, test_prepare_store = map(_binary_test, BINARIES)
 
 
-@pytest.mark.parametrize("cid, message", _cases("entropy_mixture"))
-def test_entropy_mixture(results, cid, message):
-    _check(results, "entropy_mixture", cid, message)
-
-
-@pytest.mark.parametrize("cid, message", _cases("fit_law"))
-def test_fit_law(results, cid, message):
-    _check(results, "fit_law", cid, message)
-
-
-@pytest.mark.parametrize("cid, message", _cases("optimize_mixture"))
-def test_optimize_mixture(results, cid, message):
-    _check(results, "optimize_mixture", cid, message)
-
-
-@pytest.mark.parametrize("cid, message", _cases("run_pipeline"))
-def test_run_pipeline(results, cid, message):
-    _check(results, "run_pipeline", cid, message)
+def test_catalog_covers_every_binary():
+    binaries = {f[:-3] for f in os.listdir(os.path.join(REPO, "experiments"))
+                if f.endswith(".py") and not f.startswith(("bench_", "_")) and f not in ("cli.py", "baselines.py")}
+    assert binaries == set(BINARIES)

@@ -57,16 +57,17 @@ class Tokenizer:
         self._sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
 
     @classmethod
-    def load(cls, path: str) -> Tokenizer:
+    def load(cls, path: str, field: str = "data.tokenizer_path") -> Tokenizer:
+        """The SentencePiece model at `path`; `field` names the setting that gave it in error messages."""
         try:
             with open(path, "rb") as f:
                 proto = f.read()
         except OSError as e:
-            raise InputError(f"tokenizer {path} cannot be read ({e.strerror}); check data.tokenizer_path") from e
+            raise InputError(f"tokenizer {path} cannot be read ({e.strerror}); check {field}") from e
         try:
             return cls(proto, path)
         except (RuntimeError, OSError) as e:
-            raise InputError(f"tokenizer {path} is not a SentencePiece model; check data.tokenizer_path") from e
+            raise InputError(f"tokenizer {path} is not a SentencePiece model; check {field}") from e
 
     def save(self, path: str) -> None:
         atomic.write_bytes(path, self.model_proto)
