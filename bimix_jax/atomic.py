@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -150,3 +151,19 @@ def truncate_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> Non
         return
     records = [r for r in read_jsonl(path) if keep(r)]
     write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+@contextlib.contextmanager
+def removed_on_input_error(folder: str | os.PathLike, keep: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """On an `InputError` inside the block, removes what the block created of `folder`: the folder and any
+    parents that did not exist before (unless `keep()` says a run already owns it), then re-raises."""
+    path = os.path.abspath(os.fspath(folder))
+    top = None  # the outermost folder that does not exist yet
+    while not os.path.exists(path):
+        top, path = path, os.path.dirname(path)
+    try:
+        yield
+    except InputError:
+        if top is not None and os.path.isdir(top) and not keep():
+            shutil.rmtree(top, ignore_errors=True)
+        raise

@@ -1,10 +1,11 @@
-"""Fits a mixing law (bimix or ye) to a loss table; optionally scores it on held-out runs or checkpoints.
+"""Fits a mixing law (bimix, ye, or a regression law: linear, loglinear, kernel) to a loss table; optionally scores it on held-out runs or checkpoints.
 
     python -m experiments.fit_law --losses=table.csv --law=bimix --model_size=160M --out=fit.json
     python -m experiments.fit_law --losses=table.csv --law=bimix --model_size=70M --holdout=mixtures \\
         --out=fit.json --plot=fit.png
     python -m experiments.fit_law --losses=table.csv --law=ye --model_size=410M --target_step=60000 \\
         --holdout=mixtures --holdout_runs=run_a,run_b --out=fit.json
+    python -m experiments.fit_law --losses=table.csv --law=kernel --model_size=70M --holdout=mixtures --out=fit.json
 
 Writes `--out`, a fitted-law file (`bimix_jax.laws.FittedLaw` JSON: parameters per eval domain, fit data
 summary, convergence report, and with `--holdout` the held-out metrics per domain), and with `--plot` a
@@ -23,7 +24,9 @@ from absl import flags
 from experiments import cli
 
 _LOSSES = flags.DEFINE_string("losses", None, "Loss table CSV (run, step, p_<domain>..., eval_domain, loss).")
-_LAW = flags.DEFINE_enum("law", None, ["bimix", "ye"], "Law to fit.")
+_LAW = flags.DEFINE_enum("law", None, ["bimix", "ye", "linear", "loglinear", "kernel"],
+                         "Law to fit: bimix, ye (Data Mixing Law), or a RegMix-style regression over the mixture at "
+                         "one step (linear, loglinear, kernel).")
 _OUT = flags.DEFINE_string("out", None, "Fitted-law JSON to write.")
 _MODEL_SIZE = flags.DEFINE_string("model_size", None, "Fit only rows of this model size (needed if the table has "
                                   "several).")
@@ -31,8 +34,8 @@ _EVAL_DOMAINS = flags.DEFINE_list("eval_domains", None, "Eval domains to fit (de
 _HOLDOUT = flags.DEFINE_enum("holdout", None, ["last_step", "mixtures"], "Held-out evaluation protocol.")
 _HOLDOUT_RUNS = flags.DEFINE_list("holdout_runs", None, "Runs to hold out with --holdout=mixtures (default: "
                                   "crc32 of the proportions divisible by 4).")
-_TARGET_STEP = flags.DEFINE_float("target_step", None, "ye: the step the law is fitted at (default: the largest "
-                                  "step in the table).")
+_TARGET_STEP = flags.DEFINE_float("target_step", None, "ye and regression laws: the step the law is fitted at "
+                                  "(default: the largest step in the table).")
 _STEP_MIN = flags.DEFINE_string("step_min", None, "ye: checkpoints below this step are not used by the step law; "
                                 "bimix: the first fitted step, or 'auto' (chosen by backtesting in the fit data).")
 _YE_BOUNDED = flags.DEFINE_bool("ye_bounded", True, "ye: keep 0 <= c < the smallest observed loss of each domain.")
@@ -53,11 +56,15 @@ def main(argv: Sequence[str]) -> None:
     from bimix_jax.errors import InputError
 
     law = _LAW.value
+    regression = law in ("linear", "loglinear", "kernel")
     law_options = {}
     if _TARGET_STEP.value is not None:
-        if law != "ye":
-            raise InputError("--target_step applies to --law=ye only; drop it")
+        if law == "bimix":
+            raise InputError("--target_step applies to --law=ye and the regression laws only; drop it")
+        validate.in_range("--target_step", _TARGET_STEP.value, low=0, low_open=True, hint="give a step > 0")
         law_options["target_step"] = _TARGET_STEP.value
+    if regression and (_STEP_MIN.value is not None or _N_BOOT.value):
+        raise InputError(f"--step_min and --n_boot do not apply to --law={law} (one step, closed-form fit); drop them")
     if _STEP_MIN.value is not None:
         law_options["step_min"] = cli.number_or(_STEP_MIN.value, "step_min", "auto" if law == "bimix" else None)
     if _YE_RIDGE.value is not None or not _YE_BOUNDED.value:

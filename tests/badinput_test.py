@@ -46,6 +46,26 @@ def _write_table(path, rows, columns=None, prefix=""):
     return str(path)
 
 
+def _bad_tables(rows):
+    """(name, rows, columns, prefix) of malformed loss tables, each a one-field edit of the good `rows`."""
+    def edit(column, value, where=lambda i, r: i == 3):
+        return [dict(r, **{column: value}) if where(i, r) else r for i, r in enumerate(rows)]
+
+    no_loss = [c for c in rows[0] if c != "loss"]
+    return [
+        ("no_loss", rows, no_loss, ""),
+        ("abc_loss", edit("loss", "abc"), None, ""),
+        ("negative_loss", edit("loss", "-1"), None, ""),
+        ("zero_step", edit("step", "0"), None, ""),
+        ("sum", edit("p_code", "0.9", lambda i, r: r["run"] == "r0"), None, ""),  # 0.9 + 0.8
+        ("changing", [dict(r, p_code=0.3, p_web=0.7) if r["run"] == "r0" and i > 4 else r
+                      for i, r in enumerate(rows)], None, ""),
+        ("two_sizes", rows + [dict(r, model_size="2M", run=r["run"] + "_2M") for r in rows], None, ""),
+        ("single", [r for r in rows if r["run"] == "r3"] + [dict(r, run="r4") for r in rows if r["run"] == "r3"],
+         None, ""),
+    ]
+
+
 # (binary, id, argv, what the error line must contain). {x} are fixture paths; {new} a path that must not appear.
 CATALOG = [
     # train
@@ -69,6 +89,15 @@ CATALOG = [
      "'code' appears twice"),
     ("train", "mixture_sum", [TINY, "--workdir={new}", "--config.mixture=code=0.7,prose=0.7"], "sum to 1.4"),
     ("train", "truncated_tokens", [TINY, "--workdir={prepared}"], "tokens.npz is corrupted"),
+    ("train", "mixture_unknown_domain", [TINY, "--workdir={new}", "--config.data.domains=code,prose",
+                                         "--config.mixture=code=0.5,poetry=0.5"], "'poetry' is not in the corpus"),
+    ("train", "mixture_unknown_after_preparation", [TINY, "--workdir={new}", "--config.mixture=code=0.5,poetry=0.5"],
+     "'poetry' is not in the corpus"),
+    ("train", "mixture_negative", [TINY, "--workdir={new}", "--config.mixture=code=-1,prose=2"], "'code' is -1.0"),
+    ("train", "corpus_folder_missing", [TINY, "--workdir={new}", "--config.data.source=folder",
+                                        "--config.data.path={dir}/nonexistent"], "data.path={dir}/nonexistent"),
+    ("train", "corpus_domain_empty", [TINY, "--workdir={new}", "--config.data.source=folder",
+                                      "--config.data.path={corpus}"], "'empty'"),
     ("train", "positional_argument", [TINY, "--workdir={new}", "extra"], "unexpected positional"),
     # train_many
     ("train_many", "workdir_empty", [TINY, "--workdir=", "--mixtures=uniform"], "--workdir is empty"),
@@ -107,12 +136,36 @@ CATALOG = [
     ("fit_law", "huber_delta_zero", ["--losses={table}", "--law=bimix", "--out={new}", "--huber_delta=0"],
      "--huber_delta"),
     ("fit_law", "target_step_bimix", ["--losses={table}", "--law=bimix", "--out={new}", "--target_step=5"],
-     "--target_step"),
+     "--target_step applies to --law=ye and the regression laws only"),
     ("fit_law", "holdout_runs_alone", ["--losses={table}", "--law=bimix", "--out={new}", "--holdout_runs=r0"],
      "--holdout_runs"),
     ("fit_law", "model_size_absent", ["--losses={table}", "--law=bimix", "--out={new}", "--model_size=9B"],
      "model_size=9B"),
-    ("fit_law", "law_unknown", ["--losses={table}", "--law=aioli", "--out={new}"], "--law"),
+    ("fit_law", "law_unknown", ["--losses={table}", "--law=aioli", "--out={new}"], "--law=aioli: value should be"),
+    ("fit_law", "missing_loss_column", ["--losses={t_no_loss}", "--law=bimix", "--out={new}"],
+     "missing column 'loss'"),
+    ("fit_law", "non_numeric_loss", ["--losses={t_abc_loss}", "--law=bimix", "--out={new}"],
+     "column 'loss' holds 'abc'"),
+    ("fit_law", "non_positive_loss", ["--losses={t_negative_loss}", "--law=bimix", "--out={new}"],
+     "loss '-1' must be a positive"),
+    ("fit_law", "non_positive_step", ["--losses={t_zero_step}", "--law=bimix", "--out={new}"],
+     "step '0' must be a positive number"),
+    ("fit_law", "proportions_not_summing_to_1", ["--losses={t_sum}", "--law=bimix", "--out={new}"],
+     "proportions sum to 1.7"),
+    ("fit_law", "proportions_changing_in_run", ["--losses={t_changing}", "--law=bimix", "--out={new}"],
+     "proportions change between rows"),
+    ("fit_law", "two_model_sizes", ["--losses={t_two_sizes}", "--law=bimix", "--out={new}"],
+     "pick one with --model_size"),
+    ("fit_law", "single_proportion", ["--losses={t_single}", "--law=bimix", "--out={new}"],
+     "alpha is not identifiable"),
+    ("fit_law", "unknown_holdout_run", ["--losses={table}", "--law=bimix", "--out={new}", "--holdout=mixtures",
+                                        "--holdout_runs=nope"], "--holdout_runs: run 'nope' is not in loss table"),
+    ("fit_law", "plot_format", ["--losses={table}", "--law=bimix", "--out={new}/f.json", "--plot={new}/f.xyz"],
+     "unsupported image format 'xyz'"),
+    ("fit_law", "regression_with_step_min", ["--losses={table}", "--law=kernel", "--out={new}", "--step_min=200"],
+     "do not apply to --law=kernel"),
+    ("fit_law", "regression_step_unmeasured", ["--losses={table}", "--law=linear", "--out={new}",
+                                               "--target_step=300"], "choose another --target_step"),
     # optimize_mixture
     ("optimize_mixture", "fit_is_dir", ["--fit={dir}", "--steps=100", "--out={new}"], "--fit={dir} is a directory"),
     ("optimize_mixture", "fit_missing", ["--fit={dir}/none.json", "--steps=100", "--out={new}"], "does not exist"),
@@ -131,6 +184,16 @@ CATALOG = [
     ("optimize_mixture", "fit_duplicate_domain", ["--fit={dup_fit}", "--steps=100", "--out={new}"],
      "train domain 'code' is listed twice"),
     ("optimize_mixture", "fit_corrupted", ["--fit={table}", "--steps=100", "--out={new}"], "fit file"),
+    ("optimize_mixture", "fit_truncated", ["--fit={fit_truncated}", "--steps=100", "--out={new}"],
+     "is unreadable or corrupted"),
+    ("optimize_mixture", "fit_version", ["--fit={fit_version}", "--steps=100", "--out={new}"],
+     "version 99, this code reads version 1"),
+    ("optimize_mixture", "fit_other_json", ["--fit={fit_other}", "--steps=100", "--out={new}"],
+     "is not a fitted-law file"),
+    ("optimize_mixture", "domain_tokens_unknown", ["--fit={fit}", "--steps=100", "--out={new}",
+                                                   "--domain_tokens=nope=5"], "--domain_tokens: unknown domain 'nope'"),
+    ("optimize_mixture", "caps_not_number", ["--fit={fit}", "--steps=100", "--out={new}", "--caps=code=x"],
+     "is not a number"),
     # run_pipeline
     ("run_pipeline", "workdir_empty", [PIPE, "--workdir="], "--workdir is empty"),
     ("run_pipeline", "candidates_empty", [PIPE, "--workdir={new}", "--config.pipeline.candidates="],
@@ -150,12 +213,20 @@ CATALOG = [
     ("run_pipeline", "bootstrap_negative", [PIPE, "--workdir={new}", "--config.pipeline.bootstrap=-1"],
      "pipeline.bootstrap"),
     ("run_pipeline", "workdir_is_file", [PIPE, "--workdir={file}"], "is a file, not a folder"),
+    ("run_pipeline", "field_typo", [PIPE, "--workdir={new}", "--config.pipeline.candidatez=se"],
+     "--config.pipeline.candidatez names no config field"),
+    ("run_pipeline", "bootstrap_not_int", [PIPE, "--workdir={new}", "--config.pipeline.bootstrap=many"],
+     "--config.pipeline.bootstrap"),
+    ("run_pipeline", "candidate_unknown", [PIPE, "--workdir={new}", "--config.pipeline.candidates=baseline,foo"],
+     "pipeline.candidates: 'foo' is not a candidate; choose from"),
     # compare_methods
     ("compare_methods", "workdir_empty", [CMP, "--workdir="], "--workdir is empty"),
     ("compare_methods", "workdir_is_file", [CMP, "--workdir={file}"], "is a file, not a folder"),
     ("compare_methods", "methods_empty", [CMP, "--workdir={new}", "--config.compare.methods="], "compare.methods"),
     ("compare_methods", "method_unknown", [CMP, "--workdir={new}", "--config.compare.methods=bimix,zzz"],
      "compare.methods: 'zzz' is unknown"),
+    ("compare_methods", "seeds_not_int", [CMP, "--workdir={new}", "--config.compare.seeds=0,x"],
+     "compare.seeds must be integers, like '0,1,2'"),
     ("compare_methods", "seeds_empty", [CMP, "--workdir={new}", "--config.compare.seeds="], "compare.seeds"),
     ("compare_methods", "feedback_tokens_zero", [CMP, "--workdir={new}", "--config.online.feedback_tokens=0"],
      "online.feedback_tokens"),
@@ -212,6 +283,13 @@ def results(tmp_path_factory):
     fx["sizes_table"] = _write_table(root / "sizes.csv", [{**r, "model_size": m, "run": f"{m}_{r['run']}"}
                                                           for m in ("1M", "2M", "4M")
                                                           for r in rows])
+    for name, table_rows, columns, prefix in _bad_tables(rows):
+        fx[f"t_{name}"] = _write_table(root / f"t_{name}.csv", table_rows, columns, prefix)
+    fx["corpus"] = str(root / "corpus")
+    os.makedirs(fx["corpus"])
+    open(os.path.join(fx["corpus"], "full.txt"), "w").write(
+        "\n\n".join(f"document {i} says hello to the world." for i in range(200)))
+    open(os.path.join(fx["corpus"], "empty.txt"), "w").close()
     fx["src"] = str(root / "src")
     os.makedirs(fx["src"])
     with open(os.path.join(fx["src"], "a.jsonl"), "w") as f:
@@ -224,6 +302,11 @@ def results(tmp_path_factory):
     dup["train_domains"] = ["code", "code"]
     fx["dup_fit"] = str(root / "dup_fit.json")
     json.dump(dup, open(fx["dup_fit"], "w"))
+    good = json.load(open(fx["fit"]))
+    for name, content in [("truncated", json.dumps(good)[:50]), ("version", json.dumps({**good, "version": 99})),
+                          ("other", json.dumps({"hello": 1}))]:
+        fx[f"fit_{name}"] = str(root / f"fit_{name}.json")
+        open(fx[f"fit_{name}"], "w").write(content)
     # A workdir whose prepared tokens were truncated (a crash of another program, a full disk, a bad copy).
     sys.path.insert(0, REPO)
     from configs import tiny

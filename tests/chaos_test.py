@@ -18,11 +18,20 @@ def _report_numbers(workdir):
     return {k: v for k, v in rep.items() if k not in ("timing", "provenance")}
 
 
+COMPARE_METHODS = ("stratified", "natural", "bimix", "doremi", "aioli")
+
+
 # One line per resumable binary: (command, files to reproduce, numbers to compare).
 BINARIES = {
     "run_pipeline": ([sys.executable, "-m", "experiments.run_pipeline", "--config=configs/pipeline_tiny.py:runlocal",
                       "--config.pipeline.bootstrap=4"],
                      ["losses.csv", "losses_candidates.csv", "fit.json", "mixture.json"], _report_numbers),
+    # Static, law-based, two-stage (DoReMi: reference, proxy, final) and online (Aioli rounds and probes) runs.
+    "compare_methods": ([sys.executable, "-m", "experiments.compare_methods",
+                         "--config=configs/compare_tiny.py:runlocal", "--config.compare.seeds=0",
+                         f"--config.compare.methods={','.join(COMPARE_METHODS)}"],
+                        [f"runs/{m}/seed0/losses.csv" for m in COMPARE_METHODS] + ["runs/aioli/seed0/trajectory.jsonl"],
+                        _report_numbers),
     "train": ([sys.executable, "-m", "experiments.train", "--config=configs/tiny.py:runlocal",
                "--config.train.steps=60", "--config.run_name=r"], ["losses.csv"], None),
 }

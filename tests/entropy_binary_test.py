@@ -64,16 +64,3 @@ def test_proxy_temperature_and_out_flags(workdir, tmp_path):
     d0, d1 = rep["domains"][:2]
     ratio = rep["mixture"][d0] / rep["mixture"][d1]
     assert ratio == pytest.approx(math.exp((rep["entropy"][d0]["vne"] - rep["entropy"][d1]["vne"]) / 2))
-
-
-@pytest.mark.parametrize("flag, message", [
-    ("--temperature=0", "error: temperature=0.0 must be a finite number > 0"),
-    ("--proxy=xe", "error: flag --proxy=xe"),
-    ("--sequence_length=1", "error: --sequence_length=1 must be 0 or >= 2"),
-])
-def test_bad_flags_fail_in_one_line_and_write_nothing(tmp_path, flag, message):
-    wd = str(tmp_path / "wd")
-    proc = run(f"--config={CONFIG}", f"--workdir={wd}", flag)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
-    assert not os.path.exists(wd)

@@ -26,17 +26,6 @@ def _one_line_error(out, expected: str) -> None:
     assert last.startswith("error: ") and expected in last, last
 
 
-@pytest.mark.parametrize("flag, expected", [
-    ("--config.pipeline.candidatez=se", "--config.pipeline.candidatez names no config field"),
-    ("--config.pipeline.bootstrap=many", "--config.pipeline.bootstrap"),
-    ("--config.pipeline.candidates=baseline,foo", "pipeline.candidates: 'foo' is not a candidate; choose from"),
-])
-def test_bad_overrides_are_one_line_and_write_nothing(tmp_path, flag, expected):
-    workdir = tmp_path / "w"
-    _one_line_error(_run(tmp_path, workdir, flag), expected)
-    assert not workdir.exists()
-
-
 def test_unwritable_workdir_and_another_configs_runs_are_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

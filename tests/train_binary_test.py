@@ -32,34 +32,6 @@ def _run(env, workdir, *flags, timeout=240):
     return subprocess.run(_cmd(workdir, *flags), env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def corpus_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    (root / "full.txt").write_text("\n\n".join(f"document {i} says hello to the world." for i in range(200)))
-    (root / "empty.txt").write_text("")
-    return str(root)
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--config.data.domains=code,prose", "--config.mixture=code=0.5,poetry=0.5"], "'poetry' is not in the corpus"),
-    (["--config.mixture=code=0.7,prose=0.7"], "sum to 1.4"),
-    (["--config.mixture=code=-1,prose=2"], "'code' is -1.0"),
-    (["--config.train.stepz=3"], "names no config field"),
-    (["--config.train.microbatches=3"], "microbatches"),
-    (["--config.data.source=folder", "--config.data.path=/nonexistent/corpus"], "data.path=/nonexistent/corpus"),
-    (["--config.data.source=folder", "--config.data.path={corpus}"], "'empty'"),
-    (["--config.mixture=code=0.5,poetry=0.5"], "'poetry' is not in the corpus"),  # found after data preparation
-])
-def test_bad_input_is_one_line_and_writes_nothing(env, tmp_path, corpus_folder, flags, message):
-    workdir = tmp_path / "w"
-    out = _run(env, workdir, *(f.format(corpus=corpus_folder) for f in flags))
-    assert out.returncode == 2, out.stderr[-2000:]
-    lines = out.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ") and message in lines[-1], lines[-1]
-    assert "Traceback" not in out.stderr
-    assert not workdir.exists()
-
-
 def _leaves(workdir, step):
     tree = ocp.PyTreeCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]

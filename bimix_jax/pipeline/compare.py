@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -167,8 +166,7 @@ def compare_methods(config: Mapping, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     _check_workdir(workdir, cfg)
     short = _short_spec(run_spec, cspec.restricted_fraction)
-    created = not os.path.exists(workdir)
-    try:  # Checks that need the corpus; a workdir this call created is removed again on bad input.
+    with atomic.removed_on_input_error(workdir):  # Checks that need the corpus.
         prepared = prepare_data(data_spec, workdir)
         tokens = prepared.tokens
         D, T = len(tokens.domains), run_spec.train.steps
@@ -181,10 +179,6 @@ def compare_methods(config: Mapping, workdir: str) -> dict:
         if "aioli_restricted" in cspec.methods and aioli.config.sweeps * D * aioli.config.probe_steps >= T - short.train.steps:
             raise InputError("compare.restricted_fraction leaves too few steps after the prior for one Aioli round; "
                              "lower it or online.aioli.round_steps")
-    except InputError:
-        if created:
-            shutil.rmtree(workdir, ignore_errors=True)
-        raise
     atomic.write_json(os.path.join(workdir, CONFIG_FILE), {"format": CONFIG_FORMAT, "config": atomic.to_jsonable(cfg)})
     store = provenance.StageStore(workdir)
     runs = _Runs(workdir, run_spec, tokens, online.feedback_tokens, cfg)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -114,10 +113,10 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     spec.check_fit_window(run_spec)
     workdir = os.path.abspath(workdir)
     _, changed = check_workdir_config(workdir, cfg)
-    created = not os.path.exists(workdir)
-    _make_workdir(workdir)
     t = run_spec.train
-    try:  # Checks that need the corpus; a workdir this call created is removed again on bad input.
+    # Checks that need the corpus; a workdir this call created is removed again on bad input.
+    with atomic.removed_on_input_error(workdir):
+        _make_workdir(workdir)
         prepared = prepare_data(data_spec, workdir)
         tokens = prepared.tokens
         bounds = spec.check_domains(tokens.domains, tokens.token_counts("train"), t.batch_size * t.seq_len,
@@ -125,10 +124,6 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
         extras = [(n, sampler.resolve_mixture(text, tokens, field=f"pipeline.extra_candidates ({n})"))
                   for n, text in spec.extras]
         sampler.train_buffers(tokens, t.seq_len)  # every domain is long enough for a training window
-    except InputError:
-        if created:
-            shutil.rmtree(workdir, ignore_errors=True)
-        raise
     code = provenance.code_version()
     if changed:
         logging.info("settings changed since the last invocation: %s; the stages that use them are redone",

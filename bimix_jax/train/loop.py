@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -362,8 +361,7 @@ def train_from_config(config: Mapping, workdir: str) -> RunResult:
     if isinstance(parsed, dict):  # Weights now; domain names too when the config lists the domains.
         sampler.validate_proportions(parsed, data_spec.domain_list or tuple(parsed), normalize=normalize)
     run_name = str(config["run_name"]) or os.path.basename(os.path.normpath(os.path.abspath(workdir)))
-    created = not os.path.exists(workdir)
-    try:
+    with atomic.removed_on_input_error(workdir, keep=lambda: os.path.exists(os.path.join(workdir, CONFIG_FILE))):
         tokens = prepare_data(data_spec, workdir).tokens
         proportions_D = sampler.resolve_mixture(mixture, tokens, normalize=normalize)
         logging.info("mixture %s: %s", mixture, ", ".join(f"{d}={p:.4g}" for d, p in zip(tokens.domains,
@@ -372,7 +370,3 @@ def train_from_config(config: Mapping, workdir: str) -> RunResult:
         return train_run(spec, tokens, None if method else proportions_D, workdir, run_name=run_name,
                          extra_config=config.to_dict() if hasattr(config, "to_dict") else dict(config),
                          method=method, feedback_tokens=online.feedback_tokens if method else 0)
-    except InputError:
-        if created and os.path.isdir(workdir) and not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
-            shutil.rmtree(workdir, ignore_errors=True)
-        raise
