@@ -63,8 +63,9 @@ def main(argv: Sequence[str]) -> None:
             raise InputError("--target_step applies to --law=ye and the regression laws only; drop it")
         validate.in_range("--target_step", _TARGET_STEP.value, low=0, low_open=True, hint="give a step > 0")
         law_options["target_step"] = _TARGET_STEP.value
-    if regression and (_STEP_MIN.value is not None or _N_BOOT.value):
-        raise InputError(f"--step_min and --n_boot do not apply to --law={law} (one step, closed-form fit); drop them")
+    if regression and (_STEP_MIN.value is not None or _N_BOOT.value or _HOLDOUT.value):
+        raise InputError(f"--step_min, --n_boot and --holdout do not apply to --law={law} (one step, closed-form fit); "
+                         "drop them (experiments.compare_laws scores the regression laws on held-out mixtures)")
     if _STEP_MIN.value is not None:
         law_options["step_min"] = cli.number_or(_STEP_MIN.value, "step_min", "auto" if law == "bimix" else None)
     if _YE_RIDGE.value is not None or not _YE_BOUNDED.value:

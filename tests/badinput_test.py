@@ -164,6 +164,8 @@ CATALOG = [
      "unsupported image format 'xyz'"),
     ("fit_law", "regression_with_step_min", ["--losses={table}", "--law=kernel", "--out={new}", "--step_min=200"],
      "do not apply to --law=kernel"),
+    ("fit_law", "regression_with_holdout", ["--losses={table}", "--law=linear", "--out={new}", "--holdout=mixtures"],
+     "do not apply to --law=linear"),
     ("fit_law", "regression_step_unmeasured", ["--losses={table}", "--law=linear", "--out={new}",
                                                "--target_step=300"], "choose another --target_step"),
     # optimize_mixture

@@ -46,6 +46,7 @@ def test_notebooks_are_stored_without_outputs(name):
     assert "os.environ.get(" in code[0].source  # the first code cell holds the parameters
 
 
+@pytest.mark.slow  # the whole runlocal pipeline, as tests/pipeline_test.py runs it
 def test_quickstart_runs_the_pipeline(tmp_path):
     out = _execute("quickstart.ipynb", {"BIMIX_WORKDIR": str(tmp_path / "w"), "BIMIX_CONFIG_ARG": "runlocal",
                                         "JAX_PLATFORMS": "cpu"})
@@ -55,6 +56,7 @@ def test_quickstart_runs_the_pipeline(tmp_path):
     assert os.path.isfile(tmp_path / "w" / "report.md")
 
 
+@pytest.mark.slow  # a whole runlocal comparison, as tests/compare_test.py runs it
 def test_online_mixing_compares_methods(tmp_path):
     out = _execute("online_mixing.ipynb", {"BIMIX_WORKDIR": str(tmp_path / "w"), "BIMIX_CONFIG_ARG": "runlocal",
                                            "BIMIX_METHODS": "stratified,aioli", "BIMIX_SEEDS": "0",

@@ -61,3 +61,21 @@ def test_bimix_fit_with_holdout_and_plot(tmp_path, cache_dir):
     assert fitted.summary["domains"]["web"]["holdout"]["n"] == len(MIXTURES)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "bimix law, model size 10M" in res.stdout and "held out (last_step)" in res.stdout
+
+
+@pytest.mark.parametrize("law", ["loglinear", "kernel"])
+def test_regression_law_fits_at_one_step(law, tmp_path, cache_dir):
+    table = write(tmp_path / "t.csv", rows())
+    out = tmp_path / "fit.json"
+    res = run([f"--losses={table}", f"--law={law}", "--target_step=16000", f"--out={out}"], cache_dir)
+    assert res.returncode == 0, res.stderr
+    fitted = FittedLaw.load(out)
+    assert fitted.law == law and fitted.target_step == 16000 and fitted.summary["model_size"] == "10M"
+    assert f"{law} law, model size 10M, at step 16000" in res.stdout and "closed-form fit" in res.stdout
+    from bimix_jax.laws import get_law
+
+    model = get_law(law)(fitted.train_domains, fitted.eval_domains)
+    for r in rows(steps=[16000]):  # the fit reproduces the runs it was fitted on (a smooth law, 5 mixtures)
+        mix = np.array([r["p_code"], r["p_web"]])
+        pred = np.asarray(model.predict(fitted.params, mix, 16000.0))[DOMAINS.index(r["eval_domain"])]
+        assert abs(pred / r["loss"] - 1) < 0.02, (r, pred)

@@ -142,6 +142,7 @@ def _killed(workdir, where, cache):
     assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
 
 
+@pytest.mark.slow  # kills of the pipeline; tests/chaos_test.py adds random moments
 def test_sigkill_during_a_proxy_and_a_later_stage_then_resume(finished, tmp_path):
     w = str(tmp_path / "killed")
     shutil.copytree(os.path.join(finished.workdir, "data"), os.path.join(w, "data"))  # skip data preparation

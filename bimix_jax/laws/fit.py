@@ -142,8 +142,9 @@ def describe(fitted: FittedLaw) -> str:
     s = fitted.summary
     head = f"{fitted.law} law, model size {s.get('model_size') or '-'}"
     if fitted.target_step is not None:
-        head += f", at step {fitted.target_step:g} ({s.get('points_observed', 0)} observed points, " \
-                f"{s.get('points_step_law', 0)} from step laws)"
+        head += f", at step {fitted.target_step:g}"
+        if "points_observed" in s:
+            head += f" ({s['points_observed']} observed points, {s.get('points_step_law', 0)} from step laws)"
     if s.get("rows_excluded_zero_proportion"):
         head += f"; excluded {s['rows_excluded_zero_proportion']} rows with own proportion 0"
     if isinstance(s.get("step_min"), dict):
@@ -154,10 +155,14 @@ def describe(fitted: FittedLaw) -> str:
         return "[" + ", ".join(f"{x:.3g}" for x in v) + "]" if isinstance(v, list) else f"{v:.4g}"
 
     for e, d in (s.get("domains") or {}).items():
-        c = d["convergence"]
-        line = (f"  {e}: " + ", ".join(f"{k}={fmt(v)}" for k, v in d["params"].items())
-                + f"; {c['status']} in {c['iterations']} it, rms {c['rms_residual']:.4f}, "
-                f"{c['starts_at_best']}/{c['starts']} starts at best")
+        c = d.get("convergence")
+        if c is None:  # A regression law: closed form, no solver.
+            line = f"  {e}: " + ", ".join(f"{k}={fmt(v)}" for k, v in d.items() if k != "holdout") \
+                + "; closed-form fit"
+        else:
+            line = (f"  {e}: " + ", ".join(f"{k}={fmt(v)}" for k, v in d["params"].items())
+                    + f"; {c['status']} in {c['iterations']} it, rms {c['rms_residual']:.4f}, "
+                    f"{c['starts_at_best']}/{c['starts']} starts at best")
         h = d.get("holdout")
         if h:
             line += f"; held out: MRE {h['mre_pct']:.2f}% (max {h['max_re_pct']:.2f}%)"
@@ -180,7 +185,10 @@ def fit_law(table: LossTable, law: str, **options: Any) -> FittedLaw:
         table = table.for_model_size(options.pop("model_size", None))
         domains = options.pop("eval_domains", None)
         table = table.for_eval_domains(domains) if domains else table
-        return get_law(law)(table.domains, domains or table.eval_domains).fit_direct(table, **options)
+        fitted = get_law(law)(table.domains, domains or table.eval_domains).fit_direct(table, **options)
+        sizes = table.model_sizes if table.has_model_size else ()
+        fitted.summary.setdefault("model_size", sizes[0] if len(sizes) == 1 else None)
+        return fitted
     prep = prepare(table, law, **options)
     sol = lm.solve(prep.problem.model, prep.x, prep.logy, prep.w, prep.options)
     return finish(prep, sol)
