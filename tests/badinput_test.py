@@ -24,6 +24,8 @@ PIPE = "--config=configs/pipeline_tiny.py:runlocal"
 CMP = "--config=configs/compare_tiny.py:runlocal"
 NESTED = ["--losses={sizes_table}", "--small_sizes=1M,2M", "--target_size=4M", "--target_step=800"]
 STORE = ["--sources=code={src}/*.jsonl", "--tokenizer={tokenizer}"]
+FIT = ["--law=bimix", "--out={new}"]  # after --losses
+OPT = ["--steps=100", "--out={new}"]  # after --fit
 
 
 def _table_rows():
@@ -37,9 +39,8 @@ def _table_rows():
     return rows
 
 
-def _write_table(path, rows, columns=None, prefix=""):
+def _write_table(path, rows, columns=None):
     with open(path, "w", newline="", encoding="utf-8") as f:
-        f.write(prefix)
         w = csv.DictWriter(f, fieldnames=columns or list(rows[0]), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
@@ -47,23 +48,29 @@ def _write_table(path, rows, columns=None, prefix=""):
 
 
 def _bad_tables(rows):
-    """(name, rows, columns, prefix) of malformed loss tables, each a one-field edit of the good `rows`."""
+    """{name: (rows, columns)} of malformed loss tables, each one edit of the good `rows`."""
     def edit(column, value, where=lambda i, r: i == 3):
-        return [dict(r, **{column: value}) if where(i, r) else r for i, r in enumerate(rows)]
+        return [dict(r, **{column: value}) if where(i, r) else r for i, r in enumerate(rows)], None
 
-    no_loss = [c for c in rows[0] if c != "loss"]
-    return [
-        ("no_loss", rows, no_loss, ""),
-        ("abc_loss", edit("loss", "abc"), None, ""),
-        ("negative_loss", edit("loss", "-1"), None, ""),
-        ("zero_step", edit("step", "0"), None, ""),
-        ("sum", edit("p_code", "0.9", lambda i, r: r["run"] == "r0"), None, ""),  # 0.9 + 0.8
-        ("changing", [dict(r, p_code=0.3, p_web=0.7) if r["run"] == "r0" and i > 4 else r
-                      for i, r in enumerate(rows)], None, ""),
-        ("two_sizes", rows + [dict(r, model_size="2M", run=r["run"] + "_2M") for r in rows], None, ""),
-        ("single", [r for r in rows if r["run"] == "r3"] + [dict(r, run="r4") for r in rows if r["run"] == "r3"],
-         None, ""),
-    ]
+    def without(column):
+        return rows, [c for c in rows[0] if c != column]
+
+    return {
+        "no_loss": without("loss"),
+        "no_run": without("run"),
+        "abc_loss": edit("loss", "abc"),
+        "negative_loss": edit("loss", "-1"),
+        "nan_loss": edit("loss", "nan", lambda i, r: i == 5),
+        "huge_loss": edit("loss", 1e300, lambda i, r: i == 5),
+        "zero_step": edit("step", "0"),
+        "huge_step": edit("step", 1e300, lambda i, r: i == 5),
+        "sum": edit("p_code", "0.9", lambda i, r: r["run"] == "r0"),  # 0.9 + 0.8
+        "changing": ([dict(r, p_code=0.3, p_web=0.7) if r["run"] == "r0" and i > 4 else r
+                      for i, r in enumerate(rows)], None),
+        "two_sizes": (rows + [dict(r, model_size="2M", run=r["run"] + "_2M") for r in rows], None),
+        "single": ([r for r in rows if r["run"] == "r3"] + [dict(r, run="r4") for r in rows if r["run"] == "r3"],
+                   None),
+    }
 
 
 # (binary, id, argv, what the error line must contain). {x} are fixture paths; {new} a path that must not appear.
@@ -121,44 +128,44 @@ CATALOG = [
     ("entropy_mixture", "val_fraction", [TINY, "--workdir={new}", "--config.data.val_fraction=1.5"],
      "data.val_fraction"),
     # fit_law
-    ("fit_law", "losses_is_dir", ["--losses={dir}", "--law=bimix", "--out={new}"], "is a directory"),
-    ("fit_law", "losses_missing", ["--losses={dir}/none.csv", "--law=bimix", "--out={new}"], "does not exist"),
+    ("fit_law", "losses_is_dir", ["--losses={dir}", *FIT], "is a directory"),
+    ("fit_law", "losses_missing", ["--losses={dir}/none.csv", *FIT], "does not exist"),
     ("fit_law", "out_empty", ["--losses={table}", "--law=bimix", "--out="], "--out is empty"),
     ("fit_law", "out_is_dir", ["--losses={table}", "--law=bimix", "--out={dir}"], "is a directory"),
-    ("fit_law", "plot_is_dir", ["--losses={table}", "--law=bimix", "--out={new}", "--plot={dir}"],
+    ("fit_law", "plot_is_dir", ["--losses={table}", *FIT, "--plot={dir}"],
      "--plot={dir} is a directory"),
-    ("fit_law", "loss_1e300", ["--losses={huge_loss}", "--law=bimix", "--out={new}"], "loss 1e+300 is implausible"),
-    ("fit_law", "step_1e300", ["--losses={huge_step}", "--law=bimix", "--out={new}"], "step 1e+300 is implausible"),
-    ("fit_law", "loss_nan", ["--losses={nan_loss}", "--law=bimix", "--out={new}"], "loss 'nan'"),
-    ("fit_law", "missing_column", ["--losses={no_run}", "--law=bimix", "--out={new}"], "missing column 'run'"),
-    ("fit_law", "n_boot_negative", ["--losses={table}", "--law=bimix", "--out={new}", "--n_boot=-1"], "--n_boot"),
-    ("fit_law", "n_starts_zero", ["--losses={table}", "--law=bimix", "--out={new}", "--n_starts=0"], "--n_starts"),
-    ("fit_law", "huber_delta_zero", ["--losses={table}", "--law=bimix", "--out={new}", "--huber_delta=0"],
+    ("fit_law", "loss_1e300", ["--losses={t_huge_loss}", *FIT], "loss 1e+300 is implausible"),
+    ("fit_law", "step_1e300", ["--losses={t_huge_step}", *FIT], "step 1e+300 is implausible"),
+    ("fit_law", "loss_nan", ["--losses={t_nan_loss}", *FIT], "loss 'nan'"),
+    ("fit_law", "missing_column", ["--losses={t_no_run}", *FIT], "missing column 'run'"),
+    ("fit_law", "n_boot_negative", ["--losses={table}", *FIT, "--n_boot=-1"], "--n_boot"),
+    ("fit_law", "n_starts_zero", ["--losses={table}", *FIT, "--n_starts=0"], "--n_starts"),
+    ("fit_law", "huber_delta_zero", ["--losses={table}", *FIT, "--huber_delta=0"],
      "--huber_delta"),
-    ("fit_law", "target_step_bimix", ["--losses={table}", "--law=bimix", "--out={new}", "--target_step=5"],
+    ("fit_law", "target_step_bimix", ["--losses={table}", *FIT, "--target_step=5"],
      "--target_step applies to --law=ye and the regression laws only"),
-    ("fit_law", "holdout_runs_alone", ["--losses={table}", "--law=bimix", "--out={new}", "--holdout_runs=r0"],
+    ("fit_law", "holdout_runs_alone", ["--losses={table}", *FIT, "--holdout_runs=r0"],
      "--holdout_runs"),
-    ("fit_law", "model_size_absent", ["--losses={table}", "--law=bimix", "--out={new}", "--model_size=9B"],
+    ("fit_law", "model_size_absent", ["--losses={table}", *FIT, "--model_size=9B"],
      "model_size=9B"),
     ("fit_law", "law_unknown", ["--losses={table}", "--law=aioli", "--out={new}"], "--law=aioli: value should be"),
-    ("fit_law", "missing_loss_column", ["--losses={t_no_loss}", "--law=bimix", "--out={new}"],
+    ("fit_law", "missing_loss_column", ["--losses={t_no_loss}", *FIT],
      "missing column 'loss'"),
-    ("fit_law", "non_numeric_loss", ["--losses={t_abc_loss}", "--law=bimix", "--out={new}"],
+    ("fit_law", "non_numeric_loss", ["--losses={t_abc_loss}", *FIT],
      "column 'loss' holds 'abc'"),
-    ("fit_law", "non_positive_loss", ["--losses={t_negative_loss}", "--law=bimix", "--out={new}"],
+    ("fit_law", "non_positive_loss", ["--losses={t_negative_loss}", *FIT],
      "loss '-1' must be a positive"),
-    ("fit_law", "non_positive_step", ["--losses={t_zero_step}", "--law=bimix", "--out={new}"],
+    ("fit_law", "non_positive_step", ["--losses={t_zero_step}", *FIT],
      "step '0' must be a positive number"),
-    ("fit_law", "proportions_not_summing_to_1", ["--losses={t_sum}", "--law=bimix", "--out={new}"],
+    ("fit_law", "proportions_not_summing_to_1", ["--losses={t_sum}", *FIT],
      "proportions sum to 1.7"),
-    ("fit_law", "proportions_changing_in_run", ["--losses={t_changing}", "--law=bimix", "--out={new}"],
+    ("fit_law", "proportions_changing_in_run", ["--losses={t_changing}", *FIT],
      "proportions change between rows"),
-    ("fit_law", "two_model_sizes", ["--losses={t_two_sizes}", "--law=bimix", "--out={new}"],
+    ("fit_law", "two_model_sizes", ["--losses={t_two_sizes}", *FIT],
      "pick one with --model_size"),
-    ("fit_law", "single_proportion", ["--losses={t_single}", "--law=bimix", "--out={new}"],
+    ("fit_law", "single_proportion", ["--losses={t_single}", *FIT],
      "alpha is not identifiable"),
-    ("fit_law", "unknown_holdout_run", ["--losses={table}", "--law=bimix", "--out={new}", "--holdout=mixtures",
+    ("fit_law", "unknown_holdout_run", ["--losses={table}", *FIT, "--holdout=mixtures",
                                         "--holdout_runs=nope"], "--holdout_runs: run 'nope' is not in loss table"),
     ("fit_law", "plot_format", ["--losses={table}", "--law=bimix", "--out={new}/f.json", "--plot={new}/f.xyz"],
      "unsupported image format 'xyz'"),
@@ -169,32 +176,32 @@ CATALOG = [
     ("fit_law", "regression_step_unmeasured", ["--losses={table}", "--law=linear", "--out={new}",
                                                "--target_step=300"], "choose another --target_step"),
     # optimize_mixture
-    ("optimize_mixture", "fit_is_dir", ["--fit={dir}", "--steps=100", "--out={new}"], "--fit={dir} is a directory"),
-    ("optimize_mixture", "fit_missing", ["--fit={dir}/none.json", "--steps=100", "--out={new}"], "does not exist"),
+    ("optimize_mixture", "fit_is_dir", ["--fit={dir}", *OPT], "--fit={dir} is a directory"),
+    ("optimize_mixture", "fit_missing", ["--fit={dir}/none.json", *OPT], "does not exist"),
     ("optimize_mixture", "out_empty", ["--fit={fit}", "--steps=100", "--out="], "--out is empty"),
-    ("optimize_mixture", "export_dir_is_file", ["--fit={fit}", "--steps=100", "--out={new}", "--export_dir={file}"],
+    ("optimize_mixture", "export_dir_is_file", ["--fit={fit}", *OPT, "--export_dir={file}"],
      "--export_dir={file} is a file"),
-    ("optimize_mixture", "bootstrap_without_losses", ["--fit={fit}", "--steps=100", "--out={new}", "--bootstrap=5"],
+    ("optimize_mixture", "bootstrap_without_losses", ["--fit={fit}", *OPT, "--bootstrap=5"],
      "--bootstrap needs --losses"),
-    ("optimize_mixture", "bootstrap_negative", ["--fit={fit}", "--steps=100", "--out={new}", "--bootstrap=-1"],
+    ("optimize_mixture", "bootstrap_negative", ["--fit={fit}", *OPT, "--bootstrap=-1"],
      "--bootstrap=-1"),
-    ("optimize_mixture", "floors_infeasible", ["--fit={fit}", "--steps=100", "--out={new}",
+    ("optimize_mixture", "floors_infeasible", ["--fit={fit}", *OPT,
                                                "--floors=code=0.6,web=0.6"], "floors"),
-    ("optimize_mixture", "weights_unknown", ["--fit={fit}", "--steps=100", "--out={new}", "--weights=zzz=1"],
+    ("optimize_mixture", "weights_unknown", ["--fit={fit}", *OPT, "--weights=zzz=1"],
      "--weights"),
-    ("optimize_mixture", "caps_negative", ["--fit={fit}", "--steps=100", "--out={new}", "--caps=code=-1"], "--caps"),
-    ("optimize_mixture", "fit_duplicate_domain", ["--fit={dup_fit}", "--steps=100", "--out={new}"],
+    ("optimize_mixture", "caps_negative", ["--fit={fit}", *OPT, "--caps=code=-1"], "--caps"),
+    ("optimize_mixture", "fit_duplicate_domain", ["--fit={fit_duplicate}", *OPT],
      "train domain 'code' is listed twice"),
-    ("optimize_mixture", "fit_corrupted", ["--fit={table}", "--steps=100", "--out={new}"], "fit file"),
-    ("optimize_mixture", "fit_truncated", ["--fit={fit_truncated}", "--steps=100", "--out={new}"],
+    ("optimize_mixture", "fit_corrupted", ["--fit={table}", *OPT], "fit file"),
+    ("optimize_mixture", "fit_truncated", ["--fit={fit_truncated}", *OPT],
      "is unreadable or corrupted"),
-    ("optimize_mixture", "fit_version", ["--fit={fit_version}", "--steps=100", "--out={new}"],
+    ("optimize_mixture", "fit_version", ["--fit={fit_version}", *OPT],
      "version 99, this code reads version 1"),
-    ("optimize_mixture", "fit_other_json", ["--fit={fit_other}", "--steps=100", "--out={new}"],
+    ("optimize_mixture", "fit_other_json", ["--fit={fit_other}", *OPT],
      "is not a fitted-law file"),
-    ("optimize_mixture", "domain_tokens_unknown", ["--fit={fit}", "--steps=100", "--out={new}",
+    ("optimize_mixture", "domain_tokens_unknown", ["--fit={fit}", *OPT,
                                                    "--domain_tokens=nope=5"], "--domain_tokens: unknown domain 'nope'"),
-    ("optimize_mixture", "caps_not_number", ["--fit={fit}", "--steps=100", "--out={new}", "--caps=code=x"],
+    ("optimize_mixture", "caps_not_number", ["--fit={fit}", *OPT, "--caps=code=x"],
      "is not a number"),
     # run_pipeline
     ("run_pipeline", "workdir_empty", [PIPE, "--workdir="], "--workdir is empty"),
@@ -278,15 +285,11 @@ def results(tmp_path_factory):
     open(fx["file"], "w").write("not a folder\n")
     rows = _table_rows()
     fx["table"] = _write_table(root / "table.csv", rows)
-    fx["huge_loss"] = _write_table(root / "huge_loss.csv", [*rows[:5], {**rows[5], "loss": 1e300}, *rows[6:]])
-    fx["huge_step"] = _write_table(root / "huge_step.csv", [*rows[:5], {**rows[5], "step": 1e300}, *rows[6:]])
-    fx["nan_loss"] = _write_table(root / "nan_loss.csv", [*rows[:5], {**rows[5], "loss": "nan"}, *rows[6:]])
-    fx["no_run"] = _write_table(root / "no_run.csv", rows, [c for c in rows[0] if c != "run"])
     fx["sizes_table"] = _write_table(root / "sizes.csv", [{**r, "model_size": m, "run": f"{m}_{r['run']}"}
                                                           for m in ("1M", "2M", "4M")
                                                           for r in rows])
-    for name, table_rows, columns, prefix in _bad_tables(rows):
-        fx[f"t_{name}"] = _write_table(root / f"t_{name}.csv", table_rows, columns, prefix)
+    for name, (table_rows, columns) in _bad_tables(rows).items():
+        fx[f"t_{name}"] = _write_table(root / f"t_{name}.csv", table_rows, columns)
     fx["corpus"] = str(root / "corpus")
     os.makedirs(fx["corpus"])
     open(os.path.join(fx["corpus"], "full.txt"), "w").write(
@@ -300,12 +303,9 @@ def results(tmp_path_factory):
               "beta": np.array([0.5, 0.5])}
     fx["fit"] = str(root / "fit.json")
     FittedLaw("bimix", 1, ("code", "web"), ("code", "web"), params).save(fx["fit"])
-    dup = json.load(open(fx["fit"]))
-    dup["train_domains"] = ["code", "code"]
-    fx["dup_fit"] = str(root / "dup_fit.json")
-    json.dump(dup, open(fx["dup_fit"], "w"))
     good = json.load(open(fx["fit"]))
-    for name, content in [("truncated", json.dumps(good)[:50]), ("version", json.dumps({**good, "version": 99})),
+    for name, content in [("duplicate", json.dumps({**good, "train_domains": ["code", "code"]})),
+                          ("truncated", json.dumps(good)[:50]), ("version", json.dumps({**good, "version": 99})),
                           ("other", json.dumps({"hello": 1}))]:
         fx[f"fit_{name}"] = str(root / f"fit_{name}.json")
         open(fx[f"fit_{name}"], "w").write(content)
@@ -369,8 +369,7 @@ def _binary_test(binary):
 
 
 BINARIES = list(dict.fromkeys(b for b, *_ in CATALOG))
-test_train, test_train_many, test_entropy_mixture, test_fit_law, test_optimize_mixture, test_run_pipeline, \
-    test_compare_methods, test_compare_laws, test_predict_nested, test_prepare_store = map(_binary_test, BINARIES)
+globals().update({f"test_{b}": _binary_test(b) for b in BINARIES})  # test_train, test_fit_law, ...
 
 
 def test_catalog_covers_every_binary():
