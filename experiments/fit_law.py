@@ -24,7 +24,8 @@ from absl import flags
 from experiments import cli
 
 _LOSSES = flags.DEFINE_string("losses", None, "Loss table CSV (run, step, p_<domain>..., eval_domain, loss).")
-_LAW = flags.DEFINE_enum("law", None, ["bimix", "ye", "linear", "loglinear", "kernel"],
+_REGRESSION_LAWS = ("linear", "loglinear", "kernel")  # bimix_jax/laws/regression.py: one step, closed form
+_LAW = flags.DEFINE_enum("law", None, ["bimix", "ye", *_REGRESSION_LAWS],
                          "Law to fit: bimix, ye (Data Mixing Law), or a RegMix-style regression over the mixture at "
                          "one step (linear, loglinear, kernel).")
 _OUT = flags.DEFINE_string("out", None, "Fitted-law JSON to write.")
@@ -56,7 +57,7 @@ def main(argv: Sequence[str]) -> None:
     from bimix_jax.errors import InputError
 
     law = _LAW.value
-    regression = law in ("linear", "loglinear", "kernel")
+    regression = law in _REGRESSION_LAWS
     law_options = {}
     if _TARGET_STEP.value is not None:
         if law == "bimix":

@@ -279,10 +279,9 @@ def _static_mixtures(prepared, cspec: CompareSpec, store: provenance.StageStore)
         return {m: named[m].tolist() for m in stages.ENTROPY_PROXIES}
 
     ent, _ = store.run("entropy", fp, compute)
-    natural = tokens.natural_proportions()
-    D = len(tokens.domains)
-    return {"stratified": np.full(D, 1.0 / D), "natural": np.array([natural[d] for d in tokens.domains]),
-            **{m: np.asarray(v) for m, v in ent.items()}}
+    fixed = stages.fixed_mixtures(tokens)
+    return {"stratified": fixed["uniform"], "natural": fixed["natural"], **{m: np.asarray(v) for m, v in ent.items()}}
+
 
 def _law_mixture(law: str, table: loss_table.LossTable, cspec: CompareSpec, steps: int, tokens) -> dict:
     """The law's optimal mixture at `steps`: BiMix through the pipeline's fit and mixture stages, the Data Mixing
@@ -295,8 +294,7 @@ def _law_mixture(law: str, table: loss_table.LossTable, cspec: CompareSpec, step
     else:
         fitted = fit_law(rows, "ye", **options)
     bounds = constraints.make_bounds(tokens.domains, min_floor=cspec.min_floor)
-    natural = tokens.natural_proportions()
     rep = stages.mixture_stage(fitted, rows, step=float(steps), weights=None, bounds=bounds,
-                               baseline_D=np.array([natural[d] for d in tokens.domains]), n_boot=0, seed=0)
+                               baseline_D=stages.fixed_mixtures(tokens)["natural"], n_boot=0, seed=0)
     return {"mixture": rep["mixture"], "predicted_loss": rep.get("predicted_loss"), "warnings": rep.get("warnings"),
             "fit_summary": fitted.summary, "law": law}

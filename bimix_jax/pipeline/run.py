@@ -184,8 +184,7 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     _export_json(os.path.join(workdir, "fit.json"), fit_out["law"])
     target = spec.resolved_target_step(run_spec)
     weights = spec.domain_values("objective_weights")
-    natural = tokens.natural_proportions()
-    baseline_D = np.array([natural[d] for d in tokens.domains])
+    baseline_D = stages.fixed_mixtures(tokens)["natural"]
     fp_mix = provenance.fingerprint("mixture", fp_fit, target, weights, bounds.to_json(), baseline_D,
                                     spec.bootstrap, spec.bootstrap_seed)
     mix_out, _ = store.run("mixture", fp_mix, lambda: stages.mixture_stage(

@@ -1,6 +1,6 @@
 """The pipeline's analysis stages, from loss tables and laws to JSON-able results (no training here).
 
-* `corpus_mixtures`: the training-free mixtures of a prepared corpus (natural shares, uniform, the entropy
+* `fixed_mixtures`, `corpus_mixtures`: the training-free mixtures of a prepared corpus (natural shares, uniform, the entropy
   proxies) with the entropy report;
 * `candidate_mixtures`: the candidate list from the corpus's natural shares and entropy mixtures, with
   duplicates (equal to 1e-6) marked;
@@ -44,6 +44,13 @@ SOURCES = {
 }
 
 
+def fixed_mixtures(tokens) -> dict[str, np.ndarray]:
+    """The "natural" token shares of a corpus's training split and "uniform", in domain order."""
+    natural = tokens.natural_proportions()
+    return {"natural": np.array([natural[d] for d in tokens.domains]),
+            "uniform": np.full(len(tokens.domains), 1.0 / len(tokens.domains))}
+
+
 def corpus_mixtures(prepared, *, temperature: float, sequence_length: int, max_docs: int
                     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The entropy report of a `bimix_jax.data.prepare.PreparedData` corpus and its training-free mixtures
@@ -54,9 +61,7 @@ def corpus_mixtures(prepared, *, temperature: float, sequence_length: int, max_d
         {d: prepared.corpus.documents(d, "train") for d in tokens.domains}, proxy="ce",
         temperature=temperature, sequence_length=sequence_length, max_docs=max_docs,
         embed_config=EmbedConfig(seed=prepared.spec.seed))
-    natural = tokens.natural_proportions()
-    named = {"natural": np.array([natural[d] for d in tokens.domains]),
-             "uniform": np.full(len(tokens.domains), 1.0 / len(tokens.domains))}
+    named = fixed_mixtures(tokens)
     named.update({m: np.array([rep["mixtures"][m][d] for d in tokens.domains]) for m in ENTROPY_PROXIES})
     rep.pop("mixture")  # only the chosen proxy's copy of one of `mixtures`
     return rep, named
