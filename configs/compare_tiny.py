@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.update_every = 10  # steps between weight updates (the feedback losses are measured then)
 
     c.compare = p = ml_collections.ConfigDict()
-    p.methods = "stratified,natural,se,ce,je,vne,bimix,dml,doremi,aioli,aioli_restricted"
+    p.methods = "uniform,natural,se,ce,je,vne,bimix,dml,doremi,aioli,aioli_restricted"
     p.seeds = "0,1,2"  # every method is trained with each seed (model init and data order)
     p.fit_min_step = 60  # the laws fit checkpoints from this step on (as the pipeline)
     p.fit_n_starts = 4  # solver starts per eval domain

@@ -60,8 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     p.fit_n_starts = 4
     p.fit_loss = "l2"
     p.fit_huber_delta = 0.05
-    # Mixing law: bimix, ye (Data Mixing Law at the target step), or auto (chosen by leave-one-mixture-out
-    # cross-validation on the checkpoints before the last one, among bimix and ye).
+    # Mixing law: bimix, dml (Data Mixing Law at the target step), or auto (chosen by leave-one-mixture-out
+    # cross-validation on the checkpoints before the last one, among bimix and dml).
     p.law = "bimix"
     # Score the law on every candidate held out in turn (fit on the others, predict its whole curve).
     p.leave_one_out = True

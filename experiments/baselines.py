@@ -1,9 +1,9 @@
 """Reference fitters in scipy, the way the papers fit their laws, for tests and benchmarks (never the library).
 
-* `ye_bounded_scipy`: the Data Mixing Law per eval domain, bounded 0 <= c < min(y) (Ye et al.'s own
+* `dml_bounded_scipy`: the Data Mixing Law per eval domain, bounded 0 <= c < min(y) (Ye et al.'s own
   procedure): grid over c / min(y), exponents by linear least squares for each c, then
   `scipy.optimize.least_squares(method='trf')` with bounds and an analytic Jacobian from the best starts.
-* `ye_predict`: L = c + k exp(t . r).
+* `dml_predict`: L = c + k exp(t . r).
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize
 
-from bimix_jax.laws.ye import sum_zero_basis
-from bimix_jax.laws.ye_bounded import C_FRACTIONS
+from bimix_jax.laws.dml import sum_zero_basis
+from bimix_jax.laws.dml_bounded import C_FRACTIONS
 
 
-def ye_predict(params: dict[str, np.ndarray], r_ND: np.ndarray) -> np.ndarray:
+def dml_predict(params: dict[str, np.ndarray], r_ND: np.ndarray) -> np.ndarray:
     return params["c"] + params["k"] * np.exp(np.asarray(r_ND) @ params["t"])
 
 
-def ye_bounded_scipy(r_ND: np.ndarray, y_N: np.ndarray, n_starts: int = 4) -> dict[str, np.ndarray]:
+def dml_bounded_scipy(r_ND: np.ndarray, y_N: np.ndarray, n_starts: int = 4) -> dict[str, np.ndarray]:
     """Fits one eval domain; returns {'c', 'k', 't' [D]} (t in the sum-zero gauge) and the final 'cost'."""
     r_ND, y_N = np.asarray(r_ND, float), np.asarray(y_N, float)
     d = r_ND.shape[1]

@@ -7,7 +7,7 @@ Same table, same rows (own proportion 0 excluded), same objective (least squares
 * scipy: `least_squares(method='trf')` per eval domain from 8 seeded starts (the paper's method; the
   setup that reproduces the data README's reference numbers), looped in Python;
 * fair (reported first, `fair`): scipy TRF from the same 4 grid starts as ours, with an analytic Jacobian and
-  the same bounds; and the bounded Ye law at 410M against the paper's bounded scipy procedure, same starts;
+  the same bounds; and the bounded Data Mixing Law at 410M against the paper's bounded scipy procedure, same starts;
 * jax: `bimix_jax.laws.fit.fit_law` (all domains x starts in one compiled call).
 Figures: one full fit in a fresh process with compilation (`cold`), in a fresh process whose persistent
 compilation cache is warm (`cold_cached`; temporary `BIMIX_JAX_CACHE_DIR`), and in-process once compiled
@@ -164,20 +164,20 @@ def scipy_fit_fair(table, domains: Sequence[str], n_starts: int = 4) -> dict:
     return out
 
 
-def bench_ye(repeats: int) -> dict:
-    """Bounded Ye law at 410M, step 60000: ours against the paper's bounded scipy procedure, same 4 grid starts
-    and an analytic Jacobian (`experiments.baselines.ye_bounded_scipy`)."""
+def bench_dml(repeats: int) -> dict:
+    """Bounded Data Mixing Law at 410M, step 60000: ours against the paper's bounded scipy procedure, same 4 grid starts
+    and an analytic Jacobian (`experiments.baselines.dml_bounded_scipy`)."""
     from bimix_jax import loss_table
     from bimix_jax.laws import fit
     from experiments import baselines
 
     t = loss_table.read_csv(_LOSSES.value, model_size="410M")
     t = t.subset(t.step == 60000.0)
-    fitted = fit.fit_law(t, "ye")
-    jax_ms = _median_ms(lambda: fit.fit_law(t, "ye"), repeats)
+    fitted = fit.fit_law(t, "dml")
+    jax_ms = _median_ms(lambda: fit.fit_law(t, "dml"), repeats)
 
     def scipy_all():
-        return {e: baselines.ye_bounded_scipy(t.p[t.eval_domain == e], t.loss[t.eval_domain == e], n_starts=4)
+        return {e: baselines.dml_bounded_scipy(t.p[t.eval_domain == e], t.loss[t.eval_domain == e], n_starts=4)
                 for e in t.eval_domains}
 
     ref = scipy_all()
@@ -270,7 +270,7 @@ def main(argv: Sequence[str]) -> None:
         "what": "scipy TRF from the same 4 grid starts, analytic Jacobian, same bounds, vs this fitter (warm)",
         "scipy_warm_fit_ms": fair_ms, "jax_warm_fit_ms": jax_warm,
         "speedup": fair_ms["median_ms"] / jax_warm["median_ms"]}
-    result["fair"]["ye_410M"] = bench_ye(_REPEATS.value)
+    result["fair"]["dml_410M"] = bench_dml(_REPEATS.value)
 
     # Bootstrap: the same run resamples for both.
     prep = fit.prepare(table, "bimix")

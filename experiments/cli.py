@@ -142,6 +142,15 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
     app.run(_main, flags_parser=_parse_flags)
 
 
+def renamed(old_flag, new_name: str):
+    """The value of a flag kept under its old name, with a warning naming the new one (None when unset)."""
+    if not old_flag.present:
+        return None
+    logging.warning("--%s is the old name of --%s; it is read as --%s (write --%s)", old_flag.name, new_name,
+                    new_name, new_name)
+    return old_flag.value
+
+
 def number_or(value: str, name: str, word: str | None = None) -> float | str:
     """Parses a flag that takes a number or (when `word` is given) that word; InputError naming the flag otherwise."""
     from bimix_jax.errors import InputError

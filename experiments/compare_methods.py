@@ -32,7 +32,7 @@ def main(argv: Sequence[str]) -> None:
     rep = compare.compare_methods(_CONFIG.value, workdir)
     best = rep["ranking"][0]
     print(f"best: {best} (average loss {rep['methods'][best]['average_loss']['mean']:.4f}); "
-          f"{len(rep['beat_stratified'])} of {len(rep['methods']) - 1} methods beat stratified; "
+          f"{len(rep['beat_uniform'])} of {len(rep['methods']) - 1} methods beat uniform; "
           f"report: {workdir}/report.md")
 
 

@@ -1,11 +1,15 @@
-"""Fits a mixing law (bimix, ye, or a regression law: linear, loglinear, kernel) to a loss table; optionally scores it on held-out runs or checkpoints.
+r"""Fits a mixing law to a loss table; optionally scores it on held-out runs or checkpoints.
+
+Laws: bimix, dml (the Data Mixing Law), and the regression laws linear, loglinear and kernel (one step,
+closed form).
 
     python -m experiments.fit_law --losses=table.csv --law=bimix --model_size=160M --out=fit.json
-    python -m experiments.fit_law --losses=table.csv --law=bimix --model_size=70M --holdout=mixtures \\
+    python -m experiments.fit_law --losses=table.csv --law=bimix --model_size=70M --holdout=mixtures \
         --out=fit.json --plot=fit.png
-    python -m experiments.fit_law --losses=table.csv --law=ye --model_size=410M --target_step=60000 \\
+    python -m experiments.fit_law --losses=table.csv --law=dml --model_size=410M --target_step=60000 \
         --holdout=mixtures --holdout_runs=run_a,run_b --out=fit.json
-    python -m experiments.fit_law --losses=table.csv --law=kernel --model_size=70M --holdout=mixtures --out=fit.json
+    python -m experiments.fit_law --losses=table.csv --law=kernel --model_size=410M --target_step=60000 \
+        --out=kernel.json
 
 Writes `--out`, a fitted-law file (`bimix_jax.laws.FittedLaw` JSON: parameters per eval domain, fit data
 summary, convergence report, and with `--holdout` the held-out metrics per domain), and with `--plot` a
@@ -25,9 +29,9 @@ from experiments import cli
 
 _LOSSES = flags.DEFINE_string("losses", None, "Loss table CSV (run, step, p_<domain>..., eval_domain, loss).")
 _REGRESSION_LAWS = ("linear", "loglinear", "kernel")  # bimix_jax/laws/regression.py: one step, closed form
-_LAW = flags.DEFINE_enum("law", None, ["bimix", "ye", *_REGRESSION_LAWS],
-                         "Law to fit: bimix, ye (Data Mixing Law), or a RegMix-style regression over the mixture at "
-                         "one step (linear, loglinear, kernel).")
+_LAW = flags.DEFINE_enum("law", None, ["bimix", "dml", *_REGRESSION_LAWS, "ye"],
+                         "Law to fit: bimix, dml (Data Mixing Law; 'ye' is its older name), or a RegMix-style "
+                         "regression over the mixture at one step (linear, loglinear, kernel).")
 _OUT = flags.DEFINE_string("out", None, "Fitted-law JSON to write.")
 _MODEL_SIZE = flags.DEFINE_string("model_size", None, "Fit only rows of this model size (needed if the table has "
                                   "several).")
@@ -35,12 +39,16 @@ _EVAL_DOMAINS = flags.DEFINE_list("eval_domains", None, "Eval domains to fit (de
 _HOLDOUT = flags.DEFINE_enum("holdout", None, ["last_step", "mixtures"], "Held-out evaluation protocol.")
 _HOLDOUT_RUNS = flags.DEFINE_list("holdout_runs", None, "Runs to hold out with --holdout=mixtures (default: "
                                   "crc32 of the proportions divisible by 4).")
-_TARGET_STEP = flags.DEFINE_float("target_step", None, "ye and regression laws: the step the law is fitted at "
+_TARGET_STEP = flags.DEFINE_float("target_step", None, "dml and regression laws: the step the law is fitted at "
                                   "(default: the largest step in the table).")
-_STEP_MIN = flags.DEFINE_string("step_min", None, "ye: checkpoints below this step are not used by the step law; "
+_STEP_MIN = flags.DEFINE_string("step_min", None, "dml: checkpoints below this step are not used by the step law; "
                                 "bimix: the first fitted step, or 'auto' (chosen by backtesting in the fit data).")
-_YE_BOUNDED = flags.DEFINE_bool("ye_bounded", True, "ye: keep 0 <= c < the smallest observed loss of each domain.")
-_YE_RIDGE = flags.DEFINE_string("ye_ridge", None, "ye: ridge strength on the exponents t, or 'cv' (k-fold CV).")
+_DML_BOUNDED = flags.DEFINE_bool("dml_bounded", True, "dml: keep 0 <= c < the smallest observed loss of each domain.")
+_DML_RIDGE = flags.DEFINE_string("dml_ridge", None, "dml: ridge strength on the exponents t, or 'cv' (k-fold CV).")
+_YE_BOUNDED = flags.DEFINE_bool("ye_bounded", True, "Old name of --dml_bounded (still read).")
+_YE_RIDGE = flags.DEFINE_string("ye_ridge", None, "Old name of --dml_ridge (still read).")
+_NORMALIZE = flags.DEFINE_bool("normalize", False, "Rescale each row's proportions to sum to 1 (for sources that "
+                               "rounded them).")
 _PLOT = flags.DEFINE_string("plot", None, "Figure to write (png, pdf, svg; by extension).")
 _N_STARTS = flags.DEFINE_integer("n_starts", 4, "Solver starts per eval domain.")
 _LOSS = flags.DEFINE_enum("loss", "l2", ["l2", "huber"], "Fit objective on log loss.")
@@ -56,12 +64,16 @@ def main(argv: Sequence[str]) -> None:
     from bimix_jax import atomic, loss_table, validate
     from bimix_jax.errors import InputError
 
-    law = _LAW.value
+    from bimix_jax.laws.base import canonical_law_name
+
+    law = canonical_law_name(_LAW.value)
+    bounded = _DML_BOUNDED.value if not _YE_BOUNDED.present else cli.renamed(_YE_BOUNDED, "dml_bounded")
+    ridge = _DML_RIDGE.value if not _YE_RIDGE.present else cli.renamed(_YE_RIDGE, "dml_ridge")
     regression = law in _REGRESSION_LAWS
     law_options = {}
     if _TARGET_STEP.value is not None:
         if law == "bimix":
-            raise InputError("--target_step applies to --law=ye and the regression laws only; drop it")
+            raise InputError("--target_step applies to --law=dml and the regression laws only; drop it")
         validate.in_range("--target_step", _TARGET_STEP.value, low=0, low_open=True, hint="give a step > 0")
         law_options["target_step"] = _TARGET_STEP.value
     if regression and (_STEP_MIN.value is not None or _N_BOOT.value or _HOLDOUT.value):
@@ -69,12 +81,12 @@ def main(argv: Sequence[str]) -> None:
                          "drop them (experiments.compare_laws scores the regression laws on held-out mixtures)")
     if _STEP_MIN.value is not None:
         law_options["step_min"] = cli.number_or(_STEP_MIN.value, "step_min", "auto" if law == "bimix" else None)
-    if _YE_RIDGE.value is not None or not _YE_BOUNDED.value:
-        if law != "ye":
-            raise InputError("--ye_ridge and --ye_bounded apply to --law=ye only; drop them")
-        law_options["bounded"] = _YE_BOUNDED.value
-        if _YE_RIDGE.value is not None:
-            law_options["ridge"] = cli.number_or(_YE_RIDGE.value, "ye_ridge", "cv")
+    if ridge is not None or not bounded:
+        if law != "dml":
+            raise InputError("--dml_ridge and --dml_bounded apply to --law=dml only; drop them")
+        law_options["bounded"] = bounded
+        if ridge is not None:
+            law_options["ridge"] = cli.number_or(ridge, "dml_ridge", "cv")
     if _HOLDOUT_RUNS.value and _HOLDOUT.value != "mixtures":
         raise InputError("--holdout_runs needs --holdout=mixtures")
     if _N_BOOT.value < 0:
@@ -89,7 +101,7 @@ def main(argv: Sequence[str]) -> None:
                    huber_delta=_HUBER_DELTA.value, dtype=_DTYPE.value, **law_options)
 
     start = time.perf_counter()
-    table = loss_table.read_csv(_LOSSES.value)
+    table = loss_table.read_csv(_LOSSES.value, normalize=_NORMALIZE.value)
     from bimix_jax.laws import fit  # After the table checks: a bad table fails fast.
     from bimix_jax.laws import protocols
 

@@ -1,11 +1,11 @@
-"""The best training mixture under a fitted law, with constraints, reference mixtures and bootstrap intervals.
+r"""The best training mixture under a fitted law, with constraints, reference mixtures and bootstrap intervals.
 
     python -m experiments.optimize_mixture --fit=fit.json --steps=60000 --out=mixture.json
-    python -m experiments.optimize_mixture --fit=fit.json --steps=60000 --weights=github=1,pile_cc=2 \\
-        --floors=books3=0.05 --caps=github=0.3 --baseline=github=0.2,books3=0.3,pile_cc=0.5 --out=mixture.json
-    python -m experiments.optimize_mixture --fit=fit.json --token_budget=2e10 --tokens_per_step=1048576 \\
+    python -m experiments.optimize_mixture --fit=fit.json --steps=60000 --weights=github=1,pile_cc=2 \
+        --floors=books3=0.05 --caps=github=0.3 --reference=github=0.2,books3=0.3,pile_cc=0.5 --out=mixture.json
+    python -m experiments.optimize_mixture --fit=fit.json --token_budget=2e10 --tokens_per_step=1048576 \
         --domain_tokens=github=3e9,books3=8e9,pile_cc=5e10 --max_epochs=4 --out=mixture.json
-    python -m experiments.optimize_mixture --fit=fit.json --steps=60000 --losses=table.csv --bootstrap=100 \\
+    python -m experiments.optimize_mixture --fit=fit.json --steps=60000 --losses=table.csv --bootstrap=100 \
         --out=mixture.json --export_dir=mixture_exports
 
 Writes the report JSON (`--out`; format in README "Mixture optimizer") and, with `--export_dir`, the
@@ -38,13 +38,16 @@ _MIN_FLOOR = flags.DEFINE_float("min_floor", None, "Lower bound of every proport
 _DOMAIN_TOKENS = flags.DEFINE_string("domain_tokens", "", "Available training tokens per domain, d=n,...")
 _TOKEN_BUDGET = flags.DEFINE_float("token_budget", None, "Total training tokens of the target run.")
 _MAX_EPOCHS = flags.DEFINE_float("max_epochs", None, "Repetition cap: r_d <= max_epochs * tokens_d / budget.")
-_BASELINE = flags.DEFINE_string("baseline", "", "Reference mixture d=x,... over all training domains "
-                                "(default: natural token shares when --domain_tokens covers every domain).")
+_REFERENCE = flags.DEFINE_string("reference", "", "A mixture d=x,... over all training domains to compare the optimum "
+                                 "with (uniform always; natural token shares when --domain_tokens covers every domain).")
+_BASELINE = flags.DEFINE_string("baseline", "", "Old name of --reference (still read).")
 _SOLVER = flags.DEFINE_enum("solver", "auto", ["auto", "exact", "projected_gradient"],
                             "auto: exact for bimix, projected gradient otherwise.")
 _LOSSES = flags.DEFINE_string("losses", "",
                               "Loss table the law was fitted on (bootstrap; fitted-range warnings).")
 _MODEL_SIZE = flags.DEFINE_string("model_size", None, "Model size rows of --losses to use (default: the fit's).")
+_NORMALIZE = flags.DEFINE_bool("normalize", False, "Rescale each row's proportions in --losses to sum to 1 (for "
+                               "sources that rounded them).")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 0, "Bootstrap replicates over runs (needs --losses); 0 = none.")
 _SEED = flags.DEFINE_integer("seed", 0, "Bootstrap resampling seed.")
 _TEMPLATE = flags.DEFINE_string("megatron_template", "{domain}_text_document",
@@ -89,10 +92,11 @@ def main(argv: Sequence[str]) -> None:
         domain_tokens=parse(_DOMAIN_TOKENS.value, "--domain_tokens"), token_budget=_TOKEN_BUDGET.value,
         max_epochs=_MAX_EPOCHS.value, min_floor=min_floor)
     weights = parse(_WEIGHTS.value, "--weights")
-    baseline = parse(_BASELINE.value, "--baseline")
+    reference = parse(cli.renamed(_BASELINE, "reference") or _REFERENCE.value, "--reference")
     table, prange = None, None
     if _LOSSES.value:
-        table = loss_table.read_csv(_LOSSES.value, model_size=_MODEL_SIZE.value or None)
+        table = loss_table.read_csv(_LOSSES.value, model_size=_MODEL_SIZE.value or None,
+                                    normalize=_NORMALIZE.value)
         if tuple(table.domains) != tuple(fitted.train_domains):
             raise InputError(f"--losses has training domains {', '.join(table.domains)}, the fit file "
                              f"{', '.join(fitted.train_domains)}; pass the table the law was fitted on")
@@ -102,7 +106,7 @@ def main(argv: Sequence[str]) -> None:
         prange = {d: (float(table.p[:, i].min()), float(table.p[:, i].max()))
                   for i, d in enumerate(table.domains)}
     report = optimize.optimize_mixture(
-        fitted, step=step, weights=weights, bounds=bounds, baseline=baseline, solver=_SOLVER.value,
+        fitted, step=step, weights=weights, bounds=bounds, reference=reference, solver=_SOLVER.value,
         proportion_range=prange, megatron_template=_TEMPLATE.value)
     report["fit_file"] = _FIT.value
     if _BOOTSTRAP.value:

@@ -1,6 +1,6 @@
-"""From small models on short runs, predict a larger model at a later step for any mixture; optimise it.
+r"""From small models on short runs, predict a larger model at a later step for any mixture; optimise it.
 
-    python -m experiments.predict_nested --losses=table.csv --small_sizes=70M,160M --target_size=410M \\
+    python -m experiments.predict_nested --losses=table.csv --small_sizes=70M,160M --target_size=410M \
         --target_step=60000 --max_step=30000 --out=nested.json
 
 Step law per small run (checkpoints <= --max_step) -> size law over the small sizes (alpha tied, E per
@@ -24,7 +24,10 @@ _SMALL = flags.DEFINE_list("small_sizes", None, "Model sizes to fit on.")
 _TARGET_SIZE = flags.DEFINE_string("target_size", None, "Model size to predict.")
 _TARGET_STEP = flags.DEFINE_float("target_step", None, "Step to predict at.")
 _MAX_STEP = flags.DEFINE_float("max_step", None, "Use only small-run checkpoints up to this step (short runs).")
-_LAW = flags.DEFINE_enum("law", "ye", ["ye", "kernel", "loglinear", "linear"], "Mixing law on the predicted points.")
+_NORMALIZE = flags.DEFINE_bool("normalize", False, "Rescale each row's proportions to sum to 1 (for sources that "
+                               "rounded them).")
+_LAW = flags.DEFINE_enum("law", "dml", ["dml", "kernel", "loglinear", "linear", "ye"],
+                         "Mixing law on the predicted points ('ye': the older name of dml).")
 _SIZES = flags.DEFINE_string("sizes", "", "Non-embedding parameter counts, size=n,... (defaults: Ye et al.'s).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the mixture search.")
 _OUT = flags.DEFINE_string("out", None, "Report JSON to write.")
@@ -39,7 +42,9 @@ def main(argv: Sequence[str]) -> None:
     from bimix_jax import atomic, loss_table, validate
     from bimix_jax.errors import InputError
     from bimix_jax.laws import nested
+    from bimix_jax.laws.base import canonical_law_name
 
+    law = canonical_law_name(_LAW.value)
     validate.output_file("--out", _OUT.value)
     if _FIT.value:
         validate.output_file("--fit", _FIT.value)
@@ -53,15 +58,15 @@ def main(argv: Sequence[str]) -> None:
         sizes[name.strip()] = cli.number_or(value, "sizes")
     if _TARGET_SIZE.value in _SMALL.value:
         raise InputError(f"--target_size={_TARGET_SIZE.value} is also in --small_sizes; predict a size not fitted")
-    table = loss_table.read_csv(_LOSSES.value)
+    table = loss_table.read_csv(_LOSSES.value, normalize=_NORMALIZE.value)
     out = nested.predict_nested(table, small_sizes=_SMALL.value, target_size=_TARGET_SIZE.value,
-                                target_step=_TARGET_STEP.value, max_step=_MAX_STEP.value, law=_LAW.value,
+                                target_step=_TARGET_STEP.value, max_step=_MAX_STEP.value, law=law,
                                 sizes=sizes)
     fitted = out["fitted"]
     prior = np.mean(out["predicted"].p, axis=0)
     r_opt, info = nested.optimize(fitted, prior / prior.sum(), seed=_SEED.value)
     report = {"small_sizes": _SMALL.value, "target_size": _TARGET_SIZE.value, "target_step": _TARGET_STEP.value,
-              "max_step": _MAX_STEP.value, "law": _LAW.value, "size_law": out["size_law"],
+              "max_step": _MAX_STEP.value, "law": law, "size_law": out["size_law"],
               "step_law": out["step_law"], "fitting_mixtures": out["mixtures"],
               "optimum": {"proportions": dict(zip(table.domains, r_opt.tolist())), **info}}
     if _TARGET_SIZE.value in (table.model_sizes if table.has_model_size else ()):

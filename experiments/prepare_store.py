@@ -1,4 +1,4 @@
-"""Tokenizes a corpus once into a token store (per-domain ArrayRecord shards); rerun to resume after a kill.
+r"""Tokenizes a corpus once into a token store (per-domain ArrayRecord shards); rerun to resume after a kill.
 
     python -m experiments.prepare_store --sources='code=/data/code/*.jsonl.zst;web=/data/web/*.jsonl.zst' \
         --tokenizer=workdirs/proxy/data/tokenizer.model --out=/data/store --workers=16

@@ -1,4 +1,4 @@
-"""Trains K candidate mixtures of one config at once (one vmapped step); rerunning the command resumes them.
+r"""Trains K candidate mixtures of one config at once (one vmapped step); rerunning the command resumes them.
 
     python -m experiments.train_many --config=configs/tiny.py --workdir=workdirs/sweep \
         --mixtures=uniform --mixtures=natural --mixtures=code=0.5,prose=0.5

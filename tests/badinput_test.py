@@ -143,7 +143,7 @@ CATALOG = [
     ("fit_law", "huber_delta_zero", ["--losses={table}", *FIT, "--huber_delta=0"],
      "--huber_delta"),
     ("fit_law", "target_step_bimix", ["--losses={table}", *FIT, "--target_step=5"],
-     "--target_step applies to --law=ye and the regression laws only"),
+     "--target_step applies to --law=dml and the regression laws only"),
     ("fit_law", "holdout_runs_alone", ["--losses={table}", *FIT, "--holdout_runs=r0"],
      "--holdout_runs"),
     ("fit_law", "model_size_absent", ["--losses={table}", *FIT, "--model_size=9B"],
@@ -226,7 +226,7 @@ CATALOG = [
      "--config.pipeline.candidatez names no config field"),
     ("run_pipeline", "bootstrap_not_int", [PIPE, "--workdir={new}", "--config.pipeline.bootstrap=many"],
      "--config.pipeline.bootstrap"),
-    ("run_pipeline", "candidate_unknown", [PIPE, "--workdir={new}", "--config.pipeline.candidates=baseline,foo"],
+    ("run_pipeline", "candidate_unknown", [PIPE, "--workdir={new}", "--config.pipeline.candidates=natural,foo"],
      "pipeline.candidates: 'foo' is not a candidate; choose from"),
     # compare_methods
     ("compare_methods", "workdir_empty", [CMP, "--workdir="], "--workdir is empty"),

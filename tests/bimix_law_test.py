@@ -117,7 +117,7 @@ def test_too_few_points_is_an_input_error():
 def test_eval_domain_must_be_a_training_domain():
     rows = make_table().to_rows()
     rows[0]["eval_domain"] = "wiki"
-    with pytest.raises(InputError, match="eval domain 'wiki' is not a training domain.*--law=ye"):
+    with pytest.raises(InputError, match="eval domain 'wiki' is not a training domain.*--law=dml"):
         fit_law(loss_table.from_rows(rows), "bimix")
 
 

@@ -18,7 +18,7 @@ def _report_numbers(workdir):
     return {k: v for k, v in rep.items() if k not in ("timing", "provenance")}
 
 
-COMPARE_METHODS = ("stratified", "natural", "se", "bimix", "doremi", "aioli")
+COMPARE_METHODS = ("uniform", "natural", "se", "bimix", "doremi", "aioli")
 
 
 # One line per resumable binary: (command, files to reproduce, numbers to compare).

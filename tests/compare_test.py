@@ -22,7 +22,7 @@ def test_every_method_is_reported_with_paired_differences(compared):
     cfg = compare_tiny.get_config("runlocal")
     methods = cfg.compare.methods.split(",")
     assert set(rep["methods"]) == set(methods) and sorted(rep["ranking"]) == sorted(methods)
-    strat = np.asarray(rep["methods"]["stratified"]["average_loss"]["per_seed"])
+    strat = np.asarray(rep["methods"]["uniform"]["average_loss"]["per_seed"])
     assert len(strat) == 2
     for m, e in rep["methods"].items():
         avg = np.asarray(e["average_loss"]["per_seed"])
@@ -30,11 +30,11 @@ def test_every_method_is_reported_with_paired_differences(compared):
         assert np.isclose(avg.mean(), np.mean(per_dom))
         mix = np.asarray(list(e["mixture"].values()))
         assert np.isclose(mix.sum(), 1.0) and mix.min() >= 0
-        if m != "stratified":
-            np.testing.assert_allclose(e["vs_stratified"]["per_seed"], avg - strat)
-            assert 0 <= e["vs_stratified"]["p"] <= 1
-    beat = [m for m in methods if m != "stratified" and rep["methods"][m]["vs_stratified"]["mean"] < 0]
-    assert rep["beat_stratified"] == beat
+        if m != "uniform":
+            np.testing.assert_allclose(e["vs_uniform"]["per_seed"], avg - strat)
+            assert 0 <= e["vs_uniform"]["p"] <= 1
+    beat = [m for m in methods if m != "uniform" and rep["methods"][m]["vs_uniform"]["mean"] < 0]
+    assert rep["beat_uniform"] == beat
     for f in ("report.md", "report.json", "plots/final_loss.png", "plots/trajectories.png", "plots/loss_curves.png"):
         assert os.path.getsize(os.path.join(w, f)) > 0
 
@@ -45,7 +45,7 @@ def test_compute_is_accounted(compared):
     per_step = cfg.train.batch_size * cfg.train.seq_len
     budget = cfg.train.steps * per_step
     c = {m: e["compute"] for m, e in rep["methods"].items()}
-    assert c["stratified"]["extra_train_tokens"] == 0
+    assert c["uniform"]["extra_train_tokens"] == 0
     assert c["bimix"]["extra_train_tokens"] == 6 * budget  # the six static methods' first-seed runs
     assert c["doremi"]["extra_train_tokens"] == 2 * budget  # reference + proxy
     a = cfg.online.aioli
@@ -75,11 +75,11 @@ def test_paired_t_test_matches_the_closed_form():
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("methods", "stratified,aioli,nope", "compare.methods"),
-    ("methods", "aioli,natural", "stratified"),
+    ("methods", "uniform,aioli,nope", "compare.methods"),
+    ("methods", "aioli,natural", "uniform"),
     ("seeds", "0,0", "repeat"),
     ("restricted_fraction", 1.5, "restricted_fraction"),
-    ("methods", "stratified,natural,se,ce,bimix,dml", "needs at least 6 of them"),
+    ("methods", "uniform,natural,se,ce,bimix,dml", "needs at least 6 of them"),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, field, value, match):
     cfg = compare_tiny.get_config("runlocal")

@@ -101,8 +101,8 @@ def test_pile3_matches_or_beats_the_scipy_reference(pile3_path, size):
     assert mix["mean"]["mre_pct"] <= mix_mre + 0.005
 
 
-def test_ye_on_the_410m_grid(pile3_path):
+def test_dml_on_the_410m_grid(pile3_path):
     table = loss_table.read_csv(pile3_path)
-    report = protocols.evaluate(table, "ye", "mixtures", model_size="410M")
+    report = protocols.evaluate(table, "dml", "mixtures", model_size="410M")
     assert report["fits"][0]["target_step"] == 60000.0 and len(report["heldout_runs"]) >= 4
     assert report["pooled"]["r2_log"] > 0.9 and report["mean"]["mre_pct"] < 5

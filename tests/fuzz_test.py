@@ -155,7 +155,7 @@ TARGETS = {
                                          floor_mass=st.floats(0, 0.99), cap_mass=st.floats(0, 2))),
     "bimix_optimum": (optimum_case, dict(a=pos, c=pos, alpha=expo, beta=expo, w=vec, s=st.floats(1.0, 1e7),
                                          u=vec, v=vec, floor_mass=st.floats(0, 0.9), cap_mass=st.floats(0, 2))),
-    "laws": (law_case, dict(name=st.sampled_from(["bimix", "ye"]), a=pos, c=pos, alpha=expo, beta=expo, r=vec,
+    "laws": (law_case, dict(name=st.sampled_from(["bimix", "dml"]), a=pos, c=pos, alpha=expo, beta=expo, r=vec,
                             s=st.floats(1.0, 1e7))),
     "sampler": (alloc_case, dict(r=st.lists(st.floats(0, 1), min_size=D, max_size=D),
                                  zero_mask=st.lists(st.booleans(), min_size=D, max_size=D),

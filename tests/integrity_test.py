@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from bimix_jax import loss_table, plausibility
+from bimix_jax import loss_table
+from bimix_jax.loss_table import plausibility
 from bimix_jax.errors import InputError
 from bimix_jax.train import manifest
 from bimix_jax.train.checkpoint import UNVERIFIED_DIR, Checkpointer

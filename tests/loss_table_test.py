@@ -127,3 +127,13 @@ def test_parse_model_size(text, value):
 def test_parse_model_size_rejects_garbage():
     with pytest.raises(InputError, match="model_size"):
         lt.parse_model_size("big")
+
+
+def test_rounded_proportions_need_normalize(tmp_path):
+    path = tmp_path / "rounded.csv"
+    path.write_text("run,step,p_x,p_y,eval_domain,loss\na,1,0.333,0.666,x,2.0\nb,1,0.5,0.5,x,2.1\n")
+    with pytest.raises(InputError, match=r"line 2 \(run 'a'\): proportions sum to 0.999, .*--normalize"):
+        lt.read_csv(path)
+    table = lt.read_csv(path, normalize=True)
+    np.testing.assert_allclose(table.mixtures()["a"], [1 / 3, 2 / 3])
+    np.testing.assert_array_equal(table.mixtures()["b"], [0.5, 0.5])  # already summing to 1: untouched

@@ -2,7 +2,7 @@
 
 `BimixDouble` has exactly BiMix's parameters and form (L_e = r_own(e)^-alpha_e (a_e s^-beta_e + c_e)) and
 is registered under a test-only name; `optimize.EXACT_LAWS` is extended with it by the `exact_double`
-fixture so the exact solver applies to it. `YeDouble` is the Data Mixing Laws form.
+fixture so the exact solver applies to it. `DmlDouble` is the Data Mixing Laws form.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from bimix_jax import loss_table
 from bimix_jax.laws.base import FittedLaw, Law, register
 
 BIMIX_DOUBLE = "test_bimix_double"
-YE_DOUBLE = "test_ye_double"
+DML_DOUBLE = "test_dml_double"
 
 
 @register
@@ -27,8 +27,8 @@ class BimixDouble(Law):
 
 
 @register
-class YeDouble(Law):
-    name = YE_DOUBLE
+class DmlDouble(Law):
+    name = DML_DOUBLE
     uses_step = False
 
     def predict(self, params, r_D, s):
@@ -60,13 +60,13 @@ def bimix_fit(params, train, evals=None, law: str = BIMIX_DOUBLE) -> FittedLaw:
     return FittedLaw(law, 1, tuple(train), tuple(evals), {k: np.asarray(v, float) for k, v in params.items()})
 
 
-def ye_fit(rng: np.random.Generator, D: int, E: int | None = None, step: float = 30000.0) -> FittedLaw:
+def dml_fit(rng: np.random.Generator, D: int, E: int | None = None, step: float = 30000.0) -> FittedLaw:
     E = D if E is None else E
     t = rng.normal(0.0, 0.6, (E, D))
     t[np.arange(min(E, D)), np.arange(min(E, D))] = -rng.uniform(1.0, 3.0, min(E, D))
     params = {"c": rng.uniform(1.5, 2.5, E), "k": rng.uniform(0.3, 1.0, E), "t": t}
     evals = tuple(f"d{i}" for i in range(E)) if E <= D else tuple(f"v{i}" for i in range(E))
-    return FittedLaw(YE_DOUBLE, 1, domains(D), evals, params, target_step=step)
+    return FittedLaw(DML_DOUBLE, 1, domains(D), evals, params, target_step=step)
 
 
 TRUE_BIMIX = {

@@ -118,7 +118,7 @@ def test_doremi_upweights_the_largest_excess_and_returns_the_time_average():
 
 
 def test_static_is_one_segment():
-    state, segs = simulate(static.stratified(4), np.eye(4) * 1e-3, 17)
+    state, segs = simulate(static.uniform(4), np.eye(4) * 1e-3, 17)
     assert len(segs) == 1 and segs[0].steps == 17 and segs[0].proportions == (0.25,) * 4
 
 

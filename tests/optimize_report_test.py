@@ -55,19 +55,18 @@ def test_report_shows_binding_cap_next_to_the_unconstrained_optimum(exact_double
     assert free["gain"]["vs_uniform"] > 0 and "unconstrained" not in free and free["binding"] == {}
 
 
-def test_repetition_caps_epochs_and_natural_baseline(exact_double):
+def test_repetition_caps_epochs_and_natural_reference(exact_double):
     fitted = law3(11)
     tokens = {"d0": 1e9, "d1": 4e9, "d2": 2e10}
     bounds = constraints.make_bounds(fitted.train_domains, domain_tokens=tokens, token_budget=1e10,
                                      max_epochs=2.0, min_floor=1e-4)
     np.testing.assert_allclose(bounds.hi, [0.2, 0.8, 1.0])
     rep = optimize.optimize_mixture(fitted, step=1e4, bounds=bounds)
-    assert rep["baseline_source"].startswith("natural token shares")
-    assert rep["references"]["baseline"] == pytest.approx({"d0": 1 / 25, "d1": 4 / 25, "d2": 20 / 25})
+    assert rep["references"]["natural"] == pytest.approx({"d0": 1 / 25, "d1": 4 / 25, "d2": 20 / 25})
     assert all(e <= 2.0 + 1e-9 for e in rep["epochs"]["optimum"].values())
     for d, tags in rep["binding"].items():
         assert tags == ["repetition"] and rep["epochs"]["optimum"][d] == pytest.approx(2.0)
-    assert "vs_baseline" in rep["gain"]
+    assert "vs_natural" in rep["gain"]
 
 
 def test_corner_and_minimum_floor_warnings(exact_double):
@@ -95,7 +94,7 @@ def test_projected_gradient_report_equals_exact_and_real_bimix_law_agrees(exact_
 
 
 def test_law_fitted_at_one_step():
-    fitted = tl.ye_fit(np.random.default_rng(14), 3, step=30000.0)
+    fitted = tl.dml_fit(np.random.default_rng(14), 3, step=30000.0)
     assert optimize.resolve_step(fitted) == 30000.0
     with pytest.raises(InputError, match="fitted for step 30000 only"):
         optimize.resolve_step(fitted, 10000.0)
@@ -143,8 +142,8 @@ def test_infeasible_or_bad_constraints_are_one_line_errors(kwargs, match):
         (dict(weights={"nope": 1.0}), "--weights: unknown eval domain 'nope'"),
         (dict(weights={"d0": -1.0}), "--weights: d0=-1"),
         (dict(weights={"d0": 0.0}), "--weights are all zero"),
-        (dict(baseline={"d0": 0.5, "d1": 0.5}), "--baseline lacks domains d2"),
-        (dict(baseline={"d0": 0.5, "d1": 0.5, "d2": 0.5}), "--baseline proportions sum to 1.5"),
+        (dict(reference={"d0": 0.5, "d1": 0.5}), "--reference lacks domains d2"),
+        (dict(reference={"d0": 0.5, "d1": 0.5, "d2": 0.5}), "--reference: proportions \\[0.5, 0.5, 0.5\\] must be 3 weights"),
         (dict(solver="newton"), "--solver='newton' is unknown"),
         (dict(megatron_template="data/x"), "must contain {domain}"),
     ],
@@ -175,7 +174,7 @@ def test_bootstrap_intervals_cover_the_true_optimum():
     fitted = fit_law(table, "bimix")
     bounds = constraints.make_bounds(fitted.train_domains, min_floor=1e-4)
     w = np.full(3, 1 / 3)
-    refs = {"uniform": np.full(3, 1 / 3), "baseline": np.array([0.6, 0.2, 0.2])}
+    refs = {"uniform": np.full(3, 1 / 3), "reference": np.array([0.6, 0.2, 0.2])}
     out = uncertainty.bootstrap_optimum(table, fitted, n_boot=16, seed=1, step=3e4, weights_E=w, bounds=bounds,
                                         references=refs)
     assert out["n_used"] == 16 and out["solver"] == "exact" and out["max_kkt_residual"] < 1e-9
@@ -185,7 +184,7 @@ def test_bootstrap_intervals_cover_the_true_optimum():
         lo5, mid, hi95 = out["mixture"][d]
         assert 1e-4 <= lo5 <= mid <= hi95 <= 1.0
         assert lo5 - 0.02 <= r_true[i] <= hi95 + 0.02
-    assert out["gain"]["vs_baseline"][0] > 0  # this baseline is clearly worse under every replicate
+    assert out["gain"]["vs_reference"][0] > 0  # this reference is clearly worse under every replicate
     other = dataclasses.replace(fitted, train_domains=("x", "y", "z"))
     with pytest.raises(InputError, match="--losses has training domains"):
         uncertainty.bootstrap_optimum(table, other, n_boot=2, step=3e4, weights_E=w, bounds=bounds,

@@ -126,7 +126,7 @@ def test_grid_search_on_3_domains_finds_nothing_better(constrained):
 def test_grid_search_for_a_law_with_transfer_terms():
     """Projected gradient on the Data Mixing Laws form (cross-domain terms), with a cap that binds."""
     rng = np.random.default_rng(4)
-    fitted = tl.ye_fit(rng, 3)
+    fitted = tl.dml_fit(rng, 3)
     model = fitted.model
     params = {k: jnp.asarray(v) for k, v in fitted.params.items()}
     w = jnp.asarray([0.2, 0.5, 0.3])

@@ -20,7 +20,7 @@ from bimix_jax.pipeline.spec import PipelineSpec, check_workdir_config
 from configs import pipeline_tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CANDIDATES = ["uniform", "baseline", "se", "ce", "je", "vne"]
+CANDIDATES = ["uniform", "natural", "se", "ce", "je", "vne"]
 RUNS = [*CANDIDATES, "optimized", "uniform-seed1", "optimized-seed1"]
 
 
@@ -174,8 +174,8 @@ def test_changed_settings_redo_later_stages_or_are_refused(finished, tmp_path):
         c = config()
         c.train.steps = 30
         pipeline.run_pipeline(c, w)
-    with pytest.raises(InputError, match=r"another config \(pipeline.candidates: 'uniform,baseline,se,ce,je,vne' there"):
-        pipeline.run_pipeline(config(candidates="baseline,se"), w)
+    with pytest.raises(InputError, match=r"another config \(pipeline.candidates: 'uniform,natural,se,ce,je,vne' there"):
+        pipeline.run_pipeline(config(candidates="natural,se"), w)
     # More bootstrap replicates: the mixture stage and the report are redone; the runs are kept.
     metrics = open(os.path.join(w, "runs", "optimized", "metrics.jsonl")).read()
     more = pipeline.run_pipeline(config(bootstrap=6), w)
@@ -234,7 +234,7 @@ def test_bad_workdirs_and_settings_write_nothing(tmp_path):
     assert os.listdir(other) == ["notes.txt"]
     fresh = tmp_path / "fresh"
     cases = [
-        (dict(candidates="baseline,foo"), r"pipeline.candidates: 'foo' is not a candidate"),
+        (dict(candidates="natural,foo"), r"pipeline.candidates: 'foo' is not a candidate"),
         (dict(candidates="se,se"), "names 'se' twice"),
         (dict(extra_candidates="mine"), "is not 'name:domain=weight,...'"),
         (dict(extra_candidates="se:code=1"), "the name 'se' is taken"),
@@ -271,9 +271,9 @@ def test_spec_from_config_checks_types_and_fields():
 
 def test_duplicate_candidates_are_marked():
     domains = ("x", "y")
-    named = {"baseline": np.array([0.5, 0.5]), "uniform": np.array([0.5, 0.5 + 1e-9]), "se": np.array([0.2, 0.8])}
-    cands = stages.candidate_mixtures(domains, named, ["baseline", "uniform", "se"], [("mine", np.array([0.2, 0.8]))])
-    assert [(c["name"], c["duplicate_of"]) for c in cands] == [("baseline", None), ("uniform", "baseline"),
+    named = {"natural": np.array([0.5, 0.5]), "uniform": np.array([0.5, 0.5 + 1e-9]), "se": np.array([0.2, 0.8])}
+    cands = stages.candidate_mixtures(domains, named, ["natural", "uniform", "se"], [("mine", np.array([0.2, 0.8]))])
+    assert [(c["name"], c["duplicate_of"]) for c in cands] == [("natural", None), ("uniform", "natural"),
                                                                ("se", None), ("mine", "se")]
 
 

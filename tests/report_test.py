@@ -13,7 +13,7 @@ from bimix_jax.mixture import constraints, optimize
 DOMAINS = ("a", "b", "c")
 TRUE = {"a": np.array([2.0, 1.5, 1.0]), "c": np.array([1.0, 1.2, 0.8]), "alpha": np.array([0.06, 0.12, 0.03]),
         "beta": np.array([0.5, 0.4, 0.6])}
-CANDS = {"baseline": [0.5, 0.3, 0.2], "x": [0.2, 0.5, 0.3], "y": [0.3, 0.2, 0.5], "z": [1 / 3, 1 / 3, 1 / 3]}
+CANDS = {"natural": [0.5, 0.3, 0.2], "x": [0.2, 0.5, 0.3], "y": [0.3, 0.2, 0.5], "z": [1 / 3, 1 / 3, 1 / 3]}
 STEPS = np.arange(10, 101, 10)
 MIN_STEP, LAST = 20, 100
 
@@ -42,7 +42,7 @@ def fitted_stages():
     bounds = constraints.make_bounds(DOMAINS, min_floor=0.01)
     mix = atomic.to_jsonable(stages.mixture_stage(
         fitted, stages.fit_table(cand_table, MIN_STEP), step=float(LAST), weights=None, bounds=bounds,
-        baseline_D=np.array(CANDS["baseline"]), n_boot=8, seed=0))
+        n_boot=8, seed=0))
     return tables, fit, fitted, mix, bounds
 
 
@@ -55,9 +55,9 @@ def _inputs(fitted_stages, offset, duplicate=False):
     named = {n: np.array(r) for n, r in CANDS.items()}
     extras = [("dup", np.array(CANDS["x"]))] if duplicate else []
     cands = stages.candidate_mixtures(DOMAINS, {**named, "uniform": named["z"], "se": named["x"], "ce": named["y"],
-                                                  "je": named["z"], "vne": named["z"]}, ["baseline", "se", "ce", "je"],
+                                                  "je": named["z"], "vne": named["z"]}, ["natural", "se", "ce", "je"],
                                         extras)
-    for c, name in zip(cands, ["baseline", "x", "y", "z", "dup"]):
+    for c, name in zip(cands, ["natural", "x", "y", "z", "dup"]):
         c["name"] = name  # the synthetic runs' names
     if duplicate:
         cands[-1]["duplicate_of"] = "x"

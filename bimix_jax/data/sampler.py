@@ -14,21 +14,14 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from bimix_jax.data.tokens import DomainTokens
 from bimix_jax.errors import InputError
-
-KEYWORDS = ("uniform", "natural")
-SUM_TOLERANCE = 1e-6
-_FORMS = "write it like 'code=0.3,prose=0.7', 'uniform' or 'natural'"
 
 
 class TrainBuffers(NamedTuple):
@@ -102,85 +95,3 @@ def sample_batch(
 def rows_per_domain(domain_B: jax.Array, num_domains: int) -> jax.Array:
     """[D] int32 count of rows of each domain in a batch (for the realized-share ledger)."""
     return jnp.zeros((num_domains,), jnp.int32).at[domain_B].add(1)
-
-
-# --- Mixtures given by users -------------------------------------------------------------------------
-
-
-def validate_proportions(
-    proportions: Mapping[str, float],
-    domains: Sequence[str],
-    *,
-    normalize: bool = False,
-    field: str = "mixture",
-) -> np.ndarray:
-    """Checks a {domain: weight} mixture and returns it as [D] float64 in `domains` order.
-
-    Domains missing from `proportions` get weight 0. Negative, NaN/inf, unknown domains, an all-zero
-    mixture, or (unless `normalize`) a sum off 1 by more than 1e-6 raise a one-line `InputError`.
-    """
-    domains = tuple(domains)
-    unknown = [d for d in proportions if d not in domains]
-    if unknown:
-        raise InputError(
-            f"{field}: domain {unknown[0]!r} is not in the corpus (domains: {', '.join(domains)}); fix the mixture"
-        )
-    r_D = np.zeros(len(domains))
-    for i, d in enumerate(domains):
-        w = proportions.get(d, 0.0)
-        try:
-            w = float(w)
-        except (TypeError, ValueError):
-            raise InputError(f"{field}: weight of {d!r} is {w!r}, not a number; {_FORMS}") from None
-        if not math.isfinite(w) or w < 0:
-            raise InputError(f"{field}: weight of {d!r} is {w}; weights must be finite and >= 0")
-        r_D[i] = w
-    missing = [d for d in domains if d not in proportions]
-    if missing:
-        logging.info("%s: domains %s are not named and get weight 0", field, ", ".join(missing))
-    total = r_D.sum()
-    if total <= 0:
-        raise InputError(f"{field}: every weight is 0; give at least one domain a positive weight")
-    if abs(total - 1.0) > SUM_TOLERANCE:
-        if not normalize:
-            raise InputError(
-                f"{field}: weights sum to {total:.9g}, not 1; fix them or ask for normalisation "
-                "(normalize_mixture=True)"
-            )
-        logging.info("%s: weights summed to %.9g; renormalised to 1", field, total)
-    return r_D / total
-
-
-def parse_mixture(text: str, *, field: str = "mixture") -> str | dict[str, float]:
-    """Parses `'uniform'`, `'natural'` or `'code=0.3,prose=0.7'` (syntax only; no corpus needed)."""
-    text = str(text).strip()
-    if text.lower() in KEYWORDS:
-        return text.lower()
-    if not text:
-        raise InputError(f"{field} is empty; {_FORMS}")
-    out: dict[str, float] = {}
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise InputError(f"{field}: {item.strip()!r} is not domain=weight; {_FORMS}")
-        if name in out:
-            raise InputError(f"{field}: domain {name!r} appears twice; give each domain one weight")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            raise InputError(f"{field}: weight of {name!r} is {value.strip()!r}, not a number; {_FORMS}") from None
-    return out
-
-
-def resolve_mixture(
-    text: str, tokens: DomainTokens, *, normalize: bool = False, field: str = "mixture"
-) -> np.ndarray:
-    """The [D] proportions (in `tokens.domains` order) meant by a mixture string."""
-    parsed = parse_mixture(text, field=field)
-    if parsed == "uniform":
-        return np.full(len(tokens.domains), 1.0 / len(tokens.domains))
-    if parsed == "natural":
-        natural = tokens.natural_proportions()
-        return np.array([natural[d] for d in tokens.domains])
-    return validate_proportions(parsed, tokens.domains, normalize=normalize, field=field)

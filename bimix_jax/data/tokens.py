@@ -63,7 +63,7 @@ class DomainTokens:
         return {d: int(bufs[d].size) for d in self.domains}
 
     def natural_proportions(self) -> dict[str, float]:
-        """Each domain's share of the training tokens (the 'baseline' mixture)."""
+        """Each domain's share of the training tokens (the 'natural' mixture)."""
         counts = self.token_counts("train")
         total = sum(counts.values())
         return {d: c / total for d, c in counts.items()}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from bimix_jax import atomic
 from bimix_jax.errors import InputError
@@ -96,6 +97,22 @@ class FitProblem:
 
 
 _REGISTRY: dict[str, type[Law]] = {}
+# Older names of laws, still read (fit files, flags, configs), with the name used now.
+LAW_ALIASES = {"ye": "dml"}
+_WARNED: set[str] = set()
+
+
+def canonical_law_name(name: str) -> str:
+    """`name`, or the name used now for an older one (logged once: Data Mixing Laws were once named `ye`)."""
+    name = str(name)
+    for old, new in LAW_ALIASES.items():
+        if name == old or name.startswith(old + "_"):
+            renamed = new + name[len(old):]
+            if name not in _WARNED:
+                _WARNED.add(name)
+                logging.warning("law %r is read as %r, the name used now; write %r", name, renamed, renamed)
+            return renamed
+    return name
 
 
 def register(cls: type[Law]) -> type[Law]:
@@ -105,6 +122,7 @@ def register(cls: type[Law]) -> type[Law]:
 
 
 def get_law(name: str) -> type[Law]:
+    name = canonical_law_name(name)
     if name not in _REGISTRY:
         raise InputError(f"unknown law {name!r}; choose one of {', '.join(sorted(_REGISTRY)) or '(none registered)'}")
     return _REGISTRY[name]
@@ -168,7 +186,7 @@ class FittedLaw:
         if not isinstance(obj, dict) or obj.get("format") != FIT_FILE_FORMAT:
             raise InputError(f"{source} is not a fitted-law file of this project; produce one with experiments.fit_law")
         try:
-            law = str(obj["law"])
+            law = canonical_law_name(str(obj["law"]))
             version = int(obj["version"])
             train_domains = tuple(str(d) for d in obj["train_domains"])
             eval_domains = tuple(str(d) for d in obj["eval_domains"])

@@ -141,7 +141,7 @@ class BiMix(Law):
             if e not in self.train_domains:
                 raise InputError(
                     f"eval domain {e!r} is not a training domain (no column p_{e}); BiMix predicts a domain from "
-                    "its own proportion: use --law=ye for such domains or drop their rows"
+                    "its own proportion: use --law=dml for such domains or drop their rows"
                 )
         self.own_index = np.array([self.train_domains.index(e) for e in self.eval_domains], dtype=np.int32)
 
@@ -189,7 +189,7 @@ class BiMix(Law):
             n_zero = int(np.sum(rows & ~use))
             if not use.any():
                 raise InputError(f"eval domain {e!r}: every row has p_{e} = 0; BiMix needs runs that train on {e} "
-                                 "(or fit it with --law=ye)")
+                                 "(or fit it with --law=dml)")
             if n_zero:
                 logging.info("bimix: excluded %d rows of eval domain %s with p_%s = 0", n_zero, e, e)
             log_s = np.log(table.step[use])

@@ -1,6 +1,6 @@
 """Fit any registered law to a loss table, and bootstrap it over runs, each in one compiled call.
 
-`fit_law(table, 'bimix' | 'ye', **options)` -> `FittedLaw`; `fit_bootstrap(table, law, n_boot=...)`
+`fit_law(table, 'bimix' | 'dml', **options)` -> `FittedLaw`; `fit_bootstrap(table, law, n_boot=...)`
 -> (`FittedLaw` on the full table, bootstrap params stacked on a leading [n_boot] axis). The fitter
 knows no particular law: a law turns the table into a `FitProblem` (one curve fit per eval domain), the
 generic solver (`lm.py`: jaxopt Levenberg-Marquardt, vmapped over eval domains x starts, and over
@@ -11,7 +11,7 @@ Options (keyword arguments):
   eval_domains: the eval domains to fit (default: all in the table);
   n_starts, maxiter, loss ('l2' | 'huber'), huber_delta, ftol, xtol, gtol, damping,
     dtype ('float64' | 'float32'): see `lm.SolverOptions`;
-  law options: ye takes target_step (default: the table's largest step) and step_min (checkpoints
+  law options: dml takes target_step (default: the table's largest step) and step_min (checkpoints
     below it are not used by the step law).
 """
 

@@ -1,6 +1,6 @@
 """Many small least-squares curve fits in one compiled call: jaxopt Levenberg-Marquardt, vmapped.
 
-The generic engine under every law. A *curve model* (BiMix per eval domain, Ye per eval domain, the
+The generic engine under every law. A *curve model* (BiMix per eval domain, Data Mixing Law per eval domain, the
 step law per (run, eval domain)) maps an unconstrained parameter vector `theta_P` and per-row features
 `x_NxF` to log-loss residuals. A fit problem is G independent groups, each with its own rows, padded to a
 common N with weight 0. `solve`:

@@ -6,7 +6,7 @@ From small models on short runs, predict a larger model at a later step for any 
    (`steplaw.py`), evaluated at `target_step` (a run measured there within `max_step` keeps its loss);
 2. size law per (mixture, eval domain) over the small sizes, L(N) = E + (N0/N)^alpha with alpha tied over
    all curves and E per eval domain (`sizelaw.py`), evaluated at the target size's N;
-3. the mixing law (default: the bounded Ye law) fitted on those predicted points; it predicts the target
+3. the mixing law (default: the bounded Data Mixing Law) fitted on those predicted points; it predicts the target
    size at the target step for any mixture, and `optimize` searches its best mixture.
 Mixtures are matched across sizes by their proportions (rounded to 6 decimals).
 """
@@ -31,7 +31,7 @@ def mixture_key(p_D: np.ndarray) -> str:
 
 
 def predict_nested(table: lt.LossTable, *, small_sizes: Sequence[str], target_size: str, target_step: float,
-                   max_step: float | None = None, law: str = "ye", tie_e: bool = True,
+                   max_step: float | None = None, law: str = "dml", tie_e: bool = True,
                    sizes: Mapping[str, float] | None = None, options: lm.SolverOptions = lm.SolverOptions()
                    ) -> dict[str, Any]:
     """Fits the three nested laws; returns {'fitted': FittedLaw at (target_size, target_step), 'predicted':

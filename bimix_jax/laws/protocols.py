@@ -2,7 +2,7 @@
 
 Protocols (one model size at a time):
 * `last_step`: for each (run, eval domain), fit on every checkpoint but the last, predict the last;
-  relative error per domain (mean and worst). For a law fitted at one step (ye) the law is fitted at the
+  relative error per domain (mean and worst). For a law fitted at one step (dml) the law is fitted at the
   held-out step, from the step-law extrapolations of the earlier checkpoints.
 * `mixtures`: hold out whole runs (mixtures), fit on the rest, predict every held-out point: R^2 of log
   loss, Pearson r, mean/max relative error and RMSE per domain (and mean/worst over domains). Default

@@ -4,7 +4,7 @@ Candidates are (law, options) pairs by name (`CANDIDATES`). Protocols, each prod
 (run, eval domain, observed, predicted) from fits that never saw them:
 
 * `last_step`: the last checkpoint of every (run, eval domain) is held out; laws without a step model fit
-  at that step from the earlier checkpoints (Ye: through step laws; regression laws cannot: skipped);
+  at that step from the earlier checkpoints (dml: through step laws; regression laws cannot: skipped);
 * `leave_one_out`: each mixture (run) in turn is held out; the rest fit; predict it at the target step;
 * `kfold`: the runs, shuffled by `seed`, in k folds, each held out in turn.
 
@@ -25,15 +25,15 @@ import numpy as np
 from bimix_jax.errors import InputError
 from bimix_jax.laws import fit as fit_lib
 from bimix_jax.laws import protocols
-from bimix_jax.laws.base import get_law
+from bimix_jax.laws.base import canonical_law_name, get_law
 from bimix_jax.loss_table import LossTable
 
 CANDIDATES: dict[str, tuple[str, dict]] = {
     "bimix": ("bimix", {}),
     "bimix_backtest": ("bimix", {"step_min": "auto"}),
-    "ye": ("ye", {}),
-    "ye_unbounded": ("ye", {"bounded": False}),
-    "ye_ridge_cv": ("ye", {"ridge": "cv"}),
+    "dml": ("dml", {}),
+    "dml_unbounded": ("dml", {"bounded": False}),
+    "dml_ridge_cv": ("dml", {"ridge": "cv"}),
     "linear": ("linear", {}),
     "loglinear": ("loglinear", {}),
     "kernel": ("kernel", {}),
@@ -42,6 +42,7 @@ PROTOCOLS = ("last_step", "leave_one_out", "kfold")
 
 
 def candidate(name: str) -> tuple[str, dict]:
+    name = canonical_law_name(name)
     if name not in CANDIDATES:
         raise InputError(f"unknown law candidate {name!r}; choose from {', '.join(CANDIDATES)}")
     law, opts = CANDIDATES[name]

@@ -1,6 +1,6 @@
 """The step law of Data Mixing Laws' nested pipeline: L(s) = E + (B / s)^beta per (run, eval domain).
 
-Used by the Ye law to bring every run to one target step: a run measured at the target step keeps its
+Used by the Data Mixing Law to bring every run to one target step: a run measured at the target step keeps its
 observed loss; any other run gets its step law, fitted on its own checkpoints, evaluated at the target
 step (interpolation or extrapolation). All curves are fitted in one compiled call of the generic solver
 (log-loss residuals, E, B, beta > 0); starts come from variable projection on a beta grid

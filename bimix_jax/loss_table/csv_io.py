@@ -6,14 +6,16 @@ import csv
 import os
 from collections.abc import Mapping, Sequence
 
-from bimix_jax import atomic, plausibility
+from bimix_jax import atomic
+from bimix_jax.loss_table import plausibility
 from bimix_jax.errors import InputError
 from bimix_jax.loss_table.rows import _check_columns, from_rows
 from bimix_jax.loss_table.table import _FIX_TABLE, PROPORTION_PREFIX, LossTable
 
 
-def read_csv(path: str | os.PathLike, *, model_size: str | None = None) -> LossTable:
-    """Reads and validates a loss table CSV; optionally keeps only one model size."""
+def read_csv(path: str | os.PathLike, *, model_size: str | None = None, normalize: bool = False) -> LossTable:
+    """Reads and validates a loss table CSV; optionally keeps only one model size. `normalize` rescales each
+    row's proportions to sum to 1 (for sources that rounded them)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise InputError(f"loss table {path} is a directory; give the CSV file inside it")
@@ -44,7 +46,7 @@ def read_csv(path: str | os.PathLike, *, model_size: str | None = None) -> LossT
     except OSError as e:
         raise InputError(f"loss table {path} cannot be read ({e.strerror or type(e).__name__}); fix its "
                          "permissions or copy it somewhere readable") from e
-    table = from_rows(rows, domains=domains, source=path, first_line=2)
+    table = from_rows(rows, domains=domains, source=path, first_line=2, normalize=normalize)
     plausibility.check(table, first_line=2)
     return table.for_model_size(model_size) if model_size else table
 

@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+from absl import logging
 
 from bimix_jax.errors import InputError
 from bimix_jax.loss_table.table import (_FIX_TABLE, MIXTURE_KINDS, PROPORTION_PREFIX, REQUIRED_COLUMNS,
@@ -38,6 +39,7 @@ def from_rows(
     domains: Sequence[str] | None = None,
     source: str = "<memory>",
     first_line: int | None = None,
+    normalize: bool = False,
 ) -> LossTable:
     """Builds and validates a table from dict rows keyed by CSV column names.
 
@@ -47,6 +49,8 @@ def from_rows(
       domains: training domains; by default the `p_` keys of the first row, in order.
       source: name used in error messages.
       first_line: file line number of the first row (for error messages), None for in-memory rows.
+      normalize: rescale each row's proportions to sum to 1 (sources that round them); otherwise a sum off 1 by
+        more than `bimix_jax.mixture.proportions.SUM_TOLERANCE` is refused.
     """
     rows = list(rows)
     if not rows:
@@ -103,6 +107,8 @@ def from_rows(
             if not (math.isfinite(x) and x >= 0):
                 raise InputError(f"{_where(source, line, r)}: {col}={row.get(col)!r} must be a number >= 0; {_FIX_TABLE}")
             p[i, j] = x
+    if normalize:
+        _normalize(p, source)
     table = LossTable(
         domains=domains,
         run=run.astype(str),
@@ -117,6 +123,15 @@ def from_rows(
     )
     _check_consistency(table, first_line)
     return table
+
+
+def _normalize(p_NxD: np.ndarray, source: str) -> None:
+    sums = p_NxD.sum(axis=1)
+    off = np.abs(sums - 1.0) > 0
+    if np.any(off) and np.all(sums > 0):
+        p_NxD /= sums[:, None]
+        logging.info("loss table %s: proportions of %d rows rescaled to sum to 1 (sums were %.6g to %.6g)", source,
+                     int(off.sum()), float(sums.min()), float(sums.max()))
 
 
 def _check_columns(columns: list[str], domains: tuple[str, ...], source: str) -> None:
@@ -148,8 +163,9 @@ def _check_consistency(t: LossTable, first_line: int | None) -> None:
     if bad.size:
         i = bad[0]
         raise InputError(
-            f"{_where(t.source, line_of(i), t.run[i])}: proportions sum to {sums[i]:.6g}, not 1; "
-            f"fix the p_ columns of this run (they must sum to 1 within {SUM_TOLERANCE:g})"
+            f"{_where(t.source, line_of(i), t.run[i])}: proportions sum to {sums[i]:.9g}, not 1 (within "
+            f"{SUM_TOLERANCE:g}); fix the p_ columns of this run, or rescale every run's proportions with --normalize "
+            "(normalize=True) when the source rounded them"
         )
     # Every row of a static run has the same mixture; every run has one model size and one mixture kind.
     _, first_idx, inverse = np.unique(t.run, return_index=True, return_inverse=True)

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from bimix_jax.errors import InputError
+from bimix_jax.mixture import proportions
 
 REQUIRED_COLUMNS = ("run", "step", "eval_domain", "loss")
 OPTIONAL_COLUMNS = ("model_size", "tokens", "mixture")
 MIXTURE_KINDS = ("fixed", "cumulative")
 PROPORTION_PREFIX = "p_"
-# Proportions in a table are printed numbers; 1e-4 absorbs rounding to 4+ decimals over many domains.
-SUM_TOLERANCE = 1e-4
+SUM_TOLERANCE = proportions.SUM_TOLERANCE  # one tolerance for every mixture; rounded sources: normalize=True
 _FIX_TABLE = "fix the table or drop the row"
 DOMAIN_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 

@@ -26,11 +26,11 @@ import numpy as np
 
 from bimix_jax.errors import InputError
 from bimix_jax.laws.base import FittedLaw, get_law
-from bimix_jax.mixture import constraints, export
+from bimix_jax.mixture import constraints, export, proportions
 
 from bimix_jax.mixture import bimix_optimum
 REPORT_FORMAT = "bimix_jax.mixture_report"
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: references uniform / natural / reference (was: baseline)
 SOLVERS = ("auto", "exact", "projected_gradient")
 # Laws with BiMix's parameters and form, L_e = r_own(e)^-alpha_e (a_e s^-beta_e + c_e): the exact solver applies.
 EXACT_LAWS = {"bimix"}
@@ -186,19 +186,6 @@ def predict_losses(fitted: FittedLaw, step: float, mixtures_MxD: np.ndarray) -> 
     return np.asarray(out, dtype=np.float64)
 
 
-def check_baseline(baseline: Mapping[str, float], domains: Sequence[str]) -> np.ndarray:
-    """A user-given reference mixture over all training domains (sum 1 within 1e-3, renormalised)."""
-    b = constraints.check_values(baseline, domains, "--baseline", high=1.0)
-    missing = [d for d in domains if d not in b]
-    if missing:
-        raise InputError(f"--baseline lacks domains {', '.join(missing)}; give every training domain a "
-                         "proportion")
-    b_D = np.array([b[d] for d in domains])
-    if abs(b_D.sum() - 1.0) > 1e-3:
-        raise InputError(f"--baseline proportions sum to {b_D.sum():.6g}, not 1; fix them")
-    return b_D / b_D.sum()
-
-
 def _losses_json(fitted: FittedLaw, L_E: np.ndarray, w_E: np.ndarray) -> dict:
     used = w_E > 0
     total = float(np.dot(w_E[used], L_E[used])) if np.all(np.isfinite(L_E[used])) else math.inf
@@ -215,15 +202,15 @@ def optimize_mixture(
     step: float,
     weights: Mapping[str, float] | None = None,
     bounds: constraints.Bounds | None = None,
-    baseline: Mapping[str, float] | None = None,
+    reference: Mapping[str, float] | None = None,
     solver: str = "auto",
     proportion_range: Mapping[str, tuple[float, float]] | None = None,
     megatron_template: str = export.DEFAULT_TEMPLATE,
 ) -> dict:
     """Solves for the best mixture and returns the JSON-able report (see README, "Mixture optimizer").
 
-    `baseline` is a reference mixture over all training domains (default: the natural token shares when
-    `bounds` has token counts for every domain). `proportion_range` ({domain: (min, max)} of the
+    The optimum is compared with `uniform`, with the `natural` token shares when `bounds` has token counts for
+    every domain, and with `reference`, a mixture over all training domains given by the user. `proportion_range` ({domain: (min, max)} of the
     proportions the law was fitted on) adds a warning where the optimum extrapolates beyond them.
     """
     domains = fitted.train_domains
@@ -234,13 +221,12 @@ def optimize_mixture(
         bounds = constraints.make_bounds(domains, min_floor=default_min_floor(fitted.law))
     if bounds.domains != domains:
         raise InputError(f"constraints are over domains {bounds.domains}, the law over {domains}; rebuild them")
-    references = {"uniform": np.full(D, 1.0 / D)}
-    baseline_source = None
-    if baseline:
-        references["baseline"], baseline_source = check_baseline(baseline, domains), "--baseline"
-    elif not np.any(np.isnan(bounds.domain_tokens)) and bounds.domain_tokens.sum() > 0:
-        references["baseline"] = bounds.domain_tokens / bounds.domain_tokens.sum()
-        baseline_source = "natural token shares (--domain_tokens)"
+    references = {proportions.UNIFORM: proportions.uniform(D)}
+    if not np.any(np.isnan(bounds.domain_tokens)) and bounds.domain_tokens.sum() > 0:
+        references[proportions.NATURAL] = proportions.natural(dict(zip(domains, bounds.domain_tokens)), domains)
+    if reference:
+        references["reference"] = proportions.to_array(
+            constraints.check_values(reference, domains, "--reference", high=1.0), domains, field="--reference")
     sol = solve(fitted, step=step, weights_E=w_E, bounds=bounds, solver=solver)
     names = ["optimum", *references]
     L_MxE = predict_losses(fitted, step, np.stack([sol.r, *references.values()]))
@@ -261,7 +247,6 @@ def optimize_mixture(
         "predicted_loss": losses,
         "gain": {f"vs_{n}": losses[n]["total"] - losses["optimum"]["total"] for n in references},
         "references": {n: _mixture_json(domains, r) for n, r in references.items()},
-        "baseline_source": baseline_source,
         "constraints": bounds.to_json(),
         "binding": binding,
         "shadow_prices": {d: float(sol.mu[domains.index(d)]) for d in binding},

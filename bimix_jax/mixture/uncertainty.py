@@ -8,7 +8,7 @@
 3. each replicate's predicted gain is measured under its own law: total(reference) - total(its optimum).
 
 The report gives percentiles (default 5, 50, 95) of every optimal proportion, of the predicted total loss
-at the optimum and of the gain against each reference mixture (uniform, baseline). Replicates whose
+at the optimum and of the gain against each reference mixture (uniform, natural, a given reference). Replicates whose
 refit failed (non-finite parameters) are dropped and counted.
 """
 

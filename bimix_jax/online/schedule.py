@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bimix_jax.errors import InputError
+from bimix_jax.mixture import proportions
 
 KINDS = ("train", "probe", "prior")
 State = dict[str, Any]
@@ -71,26 +71,15 @@ class MixingMethod(Protocol):
     def summary(self, state: State) -> dict: ...
 
 
-def check_simplex(p_D: np.ndarray, what: str, tol: float = 1e-6) -> np.ndarray:
-    p_D = np.asarray(p_D, np.float64)
-    if p_D.ndim != 1 or not np.all(np.isfinite(p_D)) or p_D.min() < -tol or abs(p_D.sum() - 1) > tol:
-        raise ValueError(f"{what} {p_D.tolist()} are not on the simplex")
-    return p_D
+def check_simplex(p_D: np.ndarray, what: str) -> np.ndarray:
+    """`p_D` as float64 when it is a proportions vector (`bimix_jax.mixture.proportions`); ValueError otherwise
+    (a method emitting anything else is a bug, not bad input)."""
+    if not proportions.on_simplex(p_D):
+        raise ValueError(f"{what} {np.asarray(p_D).tolist()} are not on the simplex")
+    return np.asarray(p_D, np.float64)
 
 
-def normalize(p_D: np.ndarray) -> np.ndarray:
-    """Clips tiny negatives from rounding and rescales to sum exactly 1 (in float64)."""
-    p_D = np.maximum(np.asarray(p_D, np.float64), 0.0)
-    return p_D / p_D.sum()
-
-
-def check_prior(prior: Sequence[float] | None, num_domains: int, field: str) -> np.ndarray | None:
-    if prior is None:
-        return None
-    p = np.asarray(prior, np.float64)
-    if p.shape != (num_domains,) or not np.all(np.isfinite(p)) or p.min() < 0 or abs(p.sum() - 1) > 1e-6:
-        raise InputError(f"{field}: {p.tolist()} must be {num_domains} weights >= 0 summing to 1")
-    return p / p.sum()
+normalize = proportions.renormalize
 
 
 def realized_steps(segments: Sequence[Mapping]) -> dict[str, int]:

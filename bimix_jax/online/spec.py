@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from bimix_jax.errors import InputError
+from bimix_jax.mixture import proportions
 from bimix_jax.online import aioli, doremi
 from bimix_jax.online.schedule import MixingMethod
 
@@ -95,6 +96,4 @@ def _prior(value) -> tuple[float, ...] | None:
         p = np.array([float(x) for x in parts])
     except ValueError:
         raise InputError(f"online.aioli.prior={value!r} must be comma-separated weights in domain order") from None
-    if not np.all(np.isfinite(p)) or p.min() < 0 or abs(p.sum() - 1) > 1e-6:
-        raise InputError(f"online.aioli.prior={value!r} must be weights >= 0 summing to 1")
-    return tuple(p.tolist())
+    return tuple(proportions.check_array(p, p.size, field="online.aioli.prior").tolist())

@@ -1,4 +1,4 @@
-"""A fixed mixture for the whole run (stratified = uniform, natural = token shares, or any vector)."""
+"""A fixed mixture for the whole run (uniform, natural token shares, or any vector)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 
+from bimix_jax.mixture import proportions
 from bimix_jax.online.schedule import Segment, State, check_simplex
 
 
@@ -38,5 +39,5 @@ class Static:
         return {"method": self.name, "final_proportions": [float(x) for x in self.proportions]}
 
 
-def stratified(num_domains: int) -> Static:
-    return Static(tuple([1.0 / num_domains] * num_domains), "stratified")
+def uniform(num_domains: int) -> Static:
+    return Static(tuple(proportions.uniform(num_domains).tolist()), proportions.UNIFORM)

@@ -2,10 +2,11 @@
 
 `compare_methods(config, workdir)` trains, for each seed, one run per method and reports the final
 per-domain validation losses (the same held-out split for every run), each method's paired per-seed
-difference against stratified sampling, and the compute each method spent beyond its final run.
+difference against uniform sampling (stratified), and the compute each method spent beyond its final run.
 
 Methods (`compare.methods`):
-* static: `stratified` (uniform), `natural` (token shares), the entropy mixtures `se`, `ce`, `je`, `vne`;
+* static: `uniform` (the Aioli paper's stratified sampling), `natural` (token shares), the entropy mixtures
+  `se`, `ce`, `je`, `vne`;
 * `bimix`, `dml`: BiMix and the Data Mixing Law (Ye et al.) fitted on the static methods' first-seed runs
   (the proxies: their tokens count as the method's compute), then the law's optimal mixture;
 * `doremi`: two stages; the reference is the `natural` run of the first seed, a DoReMi proxy run learns the
@@ -35,7 +36,7 @@ from bimix_jax.data.prepare import prepare_data
 from bimix_jax.data.spec import DataSpec
 from bimix_jax.errors import InputError
 from bimix_jax.laws import FittedLaw, fit_law
-from bimix_jax.mixture import constraints
+from bimix_jax.mixture import constraints, proportions
 from bimix_jax.online import doremi
 from bimix_jax.online.schedule import realized_steps
 from bimix_jax.online.spec import OnlineSpec
@@ -45,7 +46,7 @@ from bimix_jax.train.loop import RunResult, train_run
 from bimix_jax.train.segments import read_trajectory
 from bimix_jax.train.state import RunSpec
 
-STATIC = ("stratified", "natural", "se", "ce", "je", "vne")
+STATIC = ("uniform", "natural", "se", "ce", "je", "vne")
 LAW_METHODS = ("bimix", "dml")
 METHODS = STATIC + LAW_METHODS + ("doremi", "aioli", "aioli_restricted")
 CONFIG_FILE = "compare.json"
@@ -72,7 +73,8 @@ class CompareSpec:
         if unknown:
             raise InputError(f"config.compare.{unknown[0]} is not a field; known: {', '.join(sorted(known))}")
         if "methods" in section:
-            section["methods"] = _names(section["methods"], "compare.methods")
+            section["methods"] = tuple(proportions.canonical_name(m, field="compare.methods")
+                                       for m in _names(section["methods"], "compare.methods"))
         if "seeds" in section:
             try:
                 section["seeds"] = tuple(int(s) for s in _names(section["seeds"], "compare.seeds"))
@@ -86,8 +88,9 @@ class CompareSpec:
             raise InputError("compare.methods and compare.seeds must not repeat an entry")
         if not spec.methods or not spec.seeds:
             raise InputError("compare.methods and compare.seeds need at least one entry each")
-        if "stratified" not in spec.methods:
-            raise InputError("compare.methods must include 'stratified': it is the baseline of every comparison")
+        if "uniform" not in spec.methods:
+            raise InputError("compare.methods must include 'uniform' (stratified sampling): every method is compared "
+                             "with it")
         if not 0 < spec.restricted_fraction < 1:
             raise InputError(f"compare.restricted_fraction={spec.restricted_fraction} must lie in (0, 1)")
         if not 0 <= spec.min_floor < 0.2:
@@ -280,7 +283,7 @@ def _static_mixtures(prepared, cspec: CompareSpec, store: provenance.StageStore)
 
     ent, _ = store.run("entropy", fp, compute)
     fixed = stages.fixed_mixtures(tokens)
-    return {"stratified": fixed["uniform"], "natural": fixed["natural"], **{m: np.asarray(v) for m, v in ent.items()}}
+    return {"uniform": fixed["uniform"], "natural": fixed["natural"], **{m: np.asarray(v) for m, v in ent.items()}}
 
 
 def _law_mixture(law: str, table: loss_table.LossTable, cspec: CompareSpec, steps: int, tokens) -> dict:
@@ -292,9 +295,9 @@ def _law_mixture(law: str, table: loss_table.LossTable, cspec: CompareSpec, step
         fitted = FittedLaw.from_json(stages.fit_stage(table, min_step=cspec.fit_min_step, options=options,
                                                       leave_one_out=False)["law"])
     else:
-        fitted = fit_law(rows, "ye", **options)
-    bounds = constraints.make_bounds(tokens.domains, min_floor=cspec.min_floor)
-    rep = stages.mixture_stage(fitted, rows, step=float(steps), weights=None, bounds=bounds,
-                               baseline_D=stages.fixed_mixtures(tokens)["natural"], n_boot=0, seed=0)
+        fitted = fit_law(rows, "dml", **options)
+    bounds = constraints.make_bounds(tokens.domains, min_floor=cspec.min_floor,
+                                     domain_tokens=tokens.token_counts("train"))
+    rep = stages.mixture_stage(fitted, rows, step=float(steps), weights=None, bounds=bounds, n_boot=0, seed=0)
     return {"mixture": rep["mixture"], "predicted_loss": rep.get("predicted_loss"), "warnings": rep.get("warnings"),
             "fit_summary": fitted.summary, "law": law}

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from bimix_jax import atomic
 from bimix_jax.loss_table import LossTable
 
-BASELINE = "stratified"
+BASELINE = "uniform"
 REPORT_FORMAT = "bimix_jax.compare_report"
 
 
@@ -69,16 +69,16 @@ def summarize(inp: Inputs) -> dict[str, Any]:
             "compute": inp.compute.get(m, {}),
         }
         if m != BASELINE and BASELINE in avg:
-            entry["vs_stratified"] = paired_test(avg[m] - avg[BASELINE])
-            entry["vs_stratified"]["per_seed"] = (avg[m] - avg[BASELINE]).tolist()
+            entry["vs_uniform"] = paired_test(avg[m] - avg[BASELINE])
+            entry["vs_uniform"]["per_seed"] = (avg[m] - avg[BASELINE]).tolist()
         methods[m] = entry
     others = [m for m in inp.methods if m != BASELINE]
-    beat = [m for m in others if methods[m]["vs_stratified"]["mean"] < 0]
-    significant = [m for m in beat if methods[m]["vs_stratified"]["p"] < 0.05]
+    beat = [m for m in others if methods[m]["vs_uniform"]["mean"] < 0]
+    significant = [m for m in beat if methods[m]["vs_uniform"]["p"] < 0.05]
     ranking = sorted(inp.methods, key=lambda m: methods[m]["average_loss"]["mean"])
     return {"format": REPORT_FORMAT, "domains": list(inp.domains), "seeds": inp.seeds, "steps": inp.steps,
             "budget_tokens": inp.budget_tokens, "methods": methods, "ranking": ranking,
-            "beat_stratified": beat, "beat_stratified_p05": significant, "aioli_rounds": inp.aioli_rounds}
+            "beat_uniform": beat, "beat_uniform_p05": significant, "aioli_rounds": inp.aioli_rounds}
 
 
 def _fmt(x: float, nd: int = 4) -> str:
@@ -94,14 +94,14 @@ def markdown(rep: dict[str, Any]) -> str:
              "per-domain losses (nats) on the held-out split at the last step; perplexity = the mean of the per-domain "
              f"perplexities. Paired differences are per seed against `{BASELINE}` (negative = better), with a "
              "two-sided paired t-test.\n",
-             f"**{len(rep['beat_stratified'])} of {len(ms) - 1} methods beat stratified on average** "
-             f"({', '.join(rep['beat_stratified']) or 'none'}); "
-             f"{len(rep['beat_stratified_p05'])} at p < 0.05 ({', '.join(rep['beat_stratified_p05']) or 'none'}).\n",
-             "| method | avg loss (mean ± std) | avg ppl | diff vs stratified (mean ± std) | p | extra train tokens | "
+             f"**{len(rep['beat_uniform'])} of {len(ms) - 1} methods beat uniform on average** "
+             f"({', '.join(rep['beat_uniform']) or 'none'}); "
+             f"{len(rep['beat_uniform_p05'])} at p < 0.05 ({', '.join(rep['beat_uniform_p05']) or 'none'}).\n",
+             "| method | avg loss (mean ± std) | avg ppl | diff vs uniform (mean ± std) | p | extra train tokens | "
              "probe tokens |", "|---|---|---|---|---|---|---|"]
     for m in rep["ranking"]:
         e = ms[m]
-        v = e.get("vs_stratified")
+        v = e.get("vs_uniform")
         diff = "—" if v is None else f"{v['mean']:+.4f} ± {_fmt(v['std'])}"
         p = "—" if v is None else _fmt(v["p"], 3)
         c = e["compute"]
@@ -118,9 +118,9 @@ def markdown(rep: dict[str, Any]) -> str:
     for m in rep["ranking"]:
         mix = ms[m]["mixture"]
         lines.append(f"| {m} | " + " | ".join(_fmt(mix[d], 3) for d in doms) + " |")
-    lines += ["", "## Per-seed paired differences against stratified (average loss, nats)", ""]
+    lines += ["", "## Per-seed paired differences against uniform (average loss, nats)", ""]
     for m in rep["ranking"]:
-        v = ms[m].get("vs_stratified")
+        v = ms[m].get("vs_uniform")
         if v:
             lines.append(f"- {m}: " + ", ".join(f"{x:+.4f}" for x in v["per_seed"]))
     lines += ["", "## Compute beyond the final runs", ""]

@@ -57,7 +57,7 @@ def fit_figure(table: LossTable, fitted: FittedLaw, holdout: Mapping[str, Any] |
             label = run if len(runs) <= MAX_LEGEND_RUNS else None
             ax.plot(table.step[m], table.loss[m], "o", ms=2.5, color=colour, alpha=0.6, label=label)
             steps = np.geomspace(table.step[m].min(), max(table.step[m].max(), fitted.target_step or 0), 100)
-            if fitted.law == "ye":  # The step law brought this run to the target step; the law predicts there.
+            if fitted.law == "dml":  # The step law brought this run to the target step; the law predicts there.
                 sf = step_fits.get(f"{run}/{dom}")
                 if sf:
                     ax.plot(steps, sf["E"] + (sf["B"] / steps) ** sf["beta"], "--", lw=1, color=colour)
@@ -214,4 +214,33 @@ def mixture_bars_figure(mixtures: Mapping[str, Mapping[str, float]],
     ax.set_title("candidate mixtures and the recommended one" + (" (bootstrap interval)" if intervals else ""),
                  fontsize=10)
     ax.legend(fontsize=7, ncols=min(len(names), 4))
+    return fig
+
+
+def law_comparison_figure(results: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """`experiments.compare_laws`: R^2 of log loss and relative error per law, one group of bars per protocol, with 95% intervals."""
+    protos = list(results)
+    names = list(next(iter(results.values())))
+    fig = Figure(figsize=(5.0 + 0.9 * len(names) * len(protos) / 2, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    width = 0.8 / max(len(names), 1)
+    for ax, key, label in ((axes[0], "r2_log", "held-out R² of log loss"), (axes[1], "mre_pct", "rel. error %")):
+        for j, n in enumerate(names):
+            xs, ys, lo, hi = [], [], [], []
+            for i, p in enumerate(protos):
+                s = results[p][n]
+                if s.get(key) is None:
+                    continue
+                ci = s.get("ci95", {}).get(key, [s[key], s[key]])
+                xs.append(i + (j - (len(names) - 1) / 2) * width)
+                ys.append(s[key])
+                lo.append(max(s[key] - ci[0], 0.0))
+                hi.append(max(ci[1] - s[key], 0.0))
+            ax.bar(xs, ys, width, yerr=[lo, hi], label=n, capsize=2)
+        ax.set_xticks(range(len(protos)), protos, fontsize=8)
+        ax.set_ylabel(label)
+        if key == "r2_log":
+            ax.set_ylim(max(min(-0.5, ax.get_ylim()[0]), -2.0), 1.0)
+    axes[0].legend(fontsize=7)
     return fig

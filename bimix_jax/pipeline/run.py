@@ -1,7 +1,7 @@
 """The end-to-end BiMix job: `run_pipeline(config, workdir)` -> candidates, proxies, law, mixture, check, report.
 
 1. `data/`: the corpus and its tokenizer (`bimix_jax.data.prepare`);
-2. `stages/candidates.json`: SE, CE, JE, VNE entropy mixtures and the baseline (natural token shares)
+2. `stages/candidates.json`: uniform, the natural token shares and the SE, CE, JE, VNE entropy mixtures
    as candidates; identical candidates are trained once;
 3. `runs/<candidate>/`: one proxy run per distinct candidate (`bimix_jax.train.many.train_runs`, vmapped
    with `pipeline.vmap`), all with the same seed, so they differ only in the mixture;
@@ -39,8 +39,8 @@ from bimix_jax.data.prepare import PreparedData, describe, prepare_data
 from bimix_jax.data.spec import DataSpec
 from bimix_jax.errors import InputError
 from bimix_jax.laws.base import FittedLaw
-from bimix_jax.mixture import export
-from bimix_jax.pipeline.spec import (OPTIMIZED, RUN_FIELDS, PipelineSpec, check_workdir_config, mixture_array,
+from bimix_jax.mixture import export, proportions
+from bimix_jax.pipeline.spec import (OPTIMIZED, RUN_FIELDS, PipelineSpec, check_workdir_config,
                                      read_history, write_workdir_config)
 from bimix_jax.train.loop import CONFIG_FILE as RUN_CONFIG_FILE, LOSSES_FILE, train_run
 from bimix_jax.train.many import train_runs
@@ -94,7 +94,6 @@ def _export_json(path: str, obj: Any) -> None:
 def _candidates(prepared: PreparedData, spec: PipelineSpec, extras: list[tuple[str, np.ndarray]]) -> dict:
     rep, named = stages.corpus_mixtures(prepared, temperature=spec.entropy_temperature,
                                         sequence_length=spec.entropy_sequence_length, max_docs=spec.vne_max_docs)
-    named["baseline"] = named.pop("natural")
     cands = stages.candidate_mixtures(prepared.tokens.domains, named, spec.candidate_names, extras)
     return {"entropy": rep, "candidates": cands}
 
@@ -110,6 +109,7 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     run_spec = RunSpec.from_config(cfg)
     data_spec = DataSpec.from_config(cfg["data"])
     spec = PipelineSpec.from_config(cfg["pipeline"])
+    cfg["pipeline"]["candidates"] = ",".join(spec.candidate_names)  # today's names (older ones still read)
     spec.check_fit_window(run_spec)
     workdir = os.path.abspath(workdir)
     _, changed = check_workdir_config(workdir, cfg)
@@ -121,7 +121,8 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
         tokens = prepared.tokens
         bounds = spec.check_domains(tokens.domains, tokens.token_counts("train"), t.batch_size * t.seq_len,
                                     run_spec)
-        extras = [(n, sampler.resolve_mixture(text, tokens, field=f"pipeline.extra_candidates ({n})"))
+        extras = [(n, proportions.resolve(text, tokens.domains, token_counts=tokens.token_counts("train"),
+                                       field=f"pipeline.extra_candidates ({n})"))
                   for n, text in spec.extras]
         sampler.train_buffers(tokens, t.seq_len)  # every domain is long enough for a training window
     code = provenance.code_version()
@@ -153,8 +154,8 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     if taken:
         raise InputError(f"pipeline.extra_candidates: the name {taken[0]!r} is taken by a seed-noise run; rename it")
     run_dirs = {n: os.path.join(workdir, RUNS_DIR, n) for n in [*names, *noise]}
-    mixtures_KxD = np.stack([mixture_array(c["mixture"], tokens.domains) for c in unique]
-                            + [mixture_array(unique[0]["mixture"], tokens.domains)] * len(noise))
+    mixtures_KxD = np.stack([proportions.to_array(c["mixture"], tokens.domains) for c in unique]
+                            + [proportions.to_array(unique[0]["mixture"], tokens.domains)] * len(noise))
     logging.info("training %d proxies (%s)%s", len(run_dirs), ", ".join(run_dirs), " vmapped" if spec.vmap else "")
     train_start = time.perf_counter()
     results = train_runs(run_spec, tokens, mixtures_KxD, list(run_dirs.values()), run_names=list(run_dirs),
@@ -184,19 +185,18 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     _export_json(os.path.join(workdir, "fit.json"), fit_out["law"])
     target = spec.resolved_target_step(run_spec)
     weights = spec.domain_values("objective_weights")
-    baseline_D = stages.fixed_mixtures(tokens)["natural"]
-    fp_mix = provenance.fingerprint("mixture", fp_fit, target, weights, bounds.to_json(), baseline_D,
-                                    spec.bootstrap, spec.bootstrap_seed)
+    fp_mix = provenance.fingerprint("mixture", fp_fit, target, weights, bounds.to_json(), spec.bootstrap,
+                                    spec.bootstrap_seed)
     mix_out, _ = store.run("mixture", fp_mix, lambda: stages.mixture_stage(
         fitted, stages.fit_table(candidates_table, spec.fit_min_step), step=float(target), weights=weights,
-        bounds=bounds, baseline_D=baseline_D, n_boot=spec.bootstrap, seed=spec.bootstrap_seed))
+        bounds=bounds, n_boot=spec.bootstrap, seed=spec.bootstrap_seed))
     _export_json(os.path.join(workdir, "mixture.json"), mix_out)
     export_dir = os.path.join(workdir, "mixture_exports")
     if not all(os.path.exists(os.path.join(export_dir, f)) for f in ("weights.json", "megatron_blend.txt")):
         export.write_exports(export_dir, mix_out["export"])
 
     # The recommended mixture, trained and checked against the law's prediction.
-    r_opt = mixture_array(mix_out["mixture"], tokens.domains)
+    r_opt = proportions.to_array(mix_out["mixture"], tokens.domains)
     opt_dir = os.path.join(workdir, RUNS_DIR, OPTIMIZED)
     _check_optimized_dir(opt_dir, r_opt, tokens.domains, changed)
     opt_result = train_run(run_spec, tokens, r_opt, opt_dir, run_name=OPTIMIZED,

@@ -20,15 +20,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from bimix_jax import atomic
-from bimix_jax.data import sampler
 from bimix_jax.errors import InputError
-from bimix_jax.mixture import constraints
+from bimix_jax.laws.base import canonical_law_name
+from bimix_jax.mixture import constraints, proportions
 from bimix_jax.train.state import RunSpec
 
-CANDIDATE_KEYWORDS = ("baseline", "uniform", "se", "ce", "je", "vne")
+CANDIDATE_KEYWORDS = ("uniform", "natural", "se", "ce", "je", "vne")
+CANDIDATE_ALIASES = {"baseline": "natural"}  # older name of a candidate, still read
 OPTIMIZED = "optimized"  # the run of the recommended mixture
 RUN_FIELDS = ("candidates", "extra_candidates", "entropy_temperature", "entropy_sequence_length", "vne_max_docs")
 FIT_LOSSES = ("l2", "huber")
@@ -50,7 +49,7 @@ def _field_error(e: InputError) -> InputError:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineSpec:
-    candidates: str = "uniform,baseline,se,ce,je,vne"
+    candidates: str = "uniform,natural,se,ce,je,vne"
     extra_candidates: str = ""
     entropy_temperature: float = 1.0
     entropy_sequence_length: int = 0
@@ -61,7 +60,7 @@ class PipelineSpec:
     fit_n_starts: int = 4
     fit_loss: str = "l2"
     fit_huber_delta: float = 0.05
-    law: str = "bimix"  # bimix | ye | auto (chosen by leave-one-mixture-out CV before the last checkpoint)
+    law: str = "bimix"  # bimix | dml | auto (chosen by leave-one-mixture-out CV before the last checkpoint)
     leave_one_out: bool = True
     target_step: int = 0
     objective_weights: str = ""
@@ -73,10 +72,11 @@ class PipelineSpec:
     bootstrap_seed: int = 0
 
     def __post_init__(self):
+        object.__setattr__(self, "law", canonical_law_name(self.law))
         if len(self.candidate_names) + len(self.extras) < 2:
             raise InputError(f"pipeline.candidates={self.candidates!r} with pipeline.extra_candidates="
                              f"{self.extra_candidates!r} gives {len(self.candidate_names) + len(self.extras)} "
-                             "candidate(s); the law needs at least 2 mixtures: name e.g. baseline,se,ce,je,vne")
+                             "candidate(s); the law needs at least 2 mixtures: name e.g. uniform,natural,se,ce,je,vne")
         checks = [
             ("entropy_temperature", math.isfinite(self.entropy_temperature) and self.entropy_temperature > 0,
              "a finite number > 0 (the paper: 1)"),
@@ -88,7 +88,7 @@ class PipelineSpec:
             ("fit_n_starts", self.fit_n_starts >= 1, ">= 1"),
             ("fit_loss", self.fit_loss in FIT_LOSSES, f"one of {', '.join(FIT_LOSSES)}"),
             ("fit_huber_delta", math.isfinite(self.fit_huber_delta) and self.fit_huber_delta > 0, "> 0"),
-            ("law", self.law in ("bimix", "ye", "auto"), "one of bimix, ye, auto"),
+            ("law", self.law in ("bimix", "dml", "auto"), "one of bimix, dml, auto"),
             ("target_step", self.target_step >= 0, ">= 0 (0: the proxies' train.steps)"),
             ("min_floor", math.isfinite(self.min_floor) and 0 < self.min_floor < 1,
              "in (0, 1/number of domains): BiMix's loss diverges at a zero proportion"),
@@ -122,7 +122,7 @@ class PipelineSpec:
 
     @property
     def candidate_names(self) -> tuple[str, ...]:
-        names = tuple(n.strip() for n in self.candidates.split(",") if n.strip())
+        names = canonical_candidates(self.candidates)
         for n in names:
             if n not in CANDIDATE_KEYWORDS:
                 raise InputError(f"pipeline.candidates: {n!r} is not a candidate; choose from "
@@ -147,11 +147,9 @@ class PipelineSpec:
             taken = (*CANDIDATE_KEYWORDS, OPTIMIZED, "data", *(n for n, _ in out))
             if name in taken or name.startswith("."):
                 raise InputError(f"pipeline.extra_candidates: the name {name!r} is taken; choose another")
-            weights = sampler.parse_mixture(text, field=f"pipeline.extra_candidates ({name})")
-            total = sum(weights.values()) if isinstance(weights, dict) else 1.0
-            if isinstance(weights, dict) and abs(total - 1.0) > sampler.SUM_TOLERANCE:
-                raise InputError(f"pipeline.extra_candidates ({name}): weights sum to {total:.9g}, not 1; fix "
-                                 "them so they sum to 1")
+            weights = proportions.parse(text, field=f"pipeline.extra_candidates ({name})")
+            if isinstance(weights, dict):
+                proportions.check_weights(weights, tuple(weights), field=f"pipeline.extra_candidates ({name})")
             out.append((name, text.strip()))
         return tuple(out)
 
@@ -197,6 +195,12 @@ class PipelineSpec:
             raise _field_error(e) from None
 
 
+def canonical_candidates(text: str) -> tuple[str, ...]:
+    """The candidate names of `pipeline.candidates`, older names replaced by today's (with a warning)."""
+    return tuple(proportions.canonical_name(n, field="pipeline.candidates", aliases=CANDIDATE_ALIASES)
+                 for n in str(text).split(",") if n.strip())
+
+
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, Mapping):
         out: dict[str, Any] = {}
@@ -208,6 +212,8 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def _run_defining(config: Mapping) -> dict[str, Any]:
     flat = _flatten(atomic.to_jsonable(config))
+    if isinstance(flat.get("pipeline.candidates"), str):  # a workdir written with older candidate names
+        flat["pipeline.candidates"] = ",".join(canonical_candidates(flat["pipeline.candidates"]))
     free = {f"pipeline.{f.name}" for f in dataclasses.fields(PipelineSpec) if f.name not in RUN_FIELDS}
     return {k: v for k, v in flat.items() if k not in free}
 
@@ -250,7 +256,3 @@ def read_history(workdir: str) -> list[dict]:
     if not os.path.exists(path):
         return []
     return list(atomic.read_json(path, what="pipeline config").get("invocations") or [])
-
-
-def mixture_array(mixture: Mapping[str, float], domains: Sequence[str]) -> np.ndarray:
-    return np.array([float(mixture[d]) for d in domains], np.float64)

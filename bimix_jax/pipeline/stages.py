@@ -28,14 +28,14 @@ from bimix_jax.laws import protocols, select
 from bimix_jax.laws.base import FittedLaw, get_law
 from bimix_jax.laws.fit import fit_law
 from bimix_jax.loss_table import LossTable
-from bimix_jax.mixture import constraints, optimize, uncertainty
+from bimix_jax.mixture import constraints, optimize, proportions, uncertainty
 
 LAW = "bimix"
-AUTO_CANDIDATES = ("bimix", "ye")  # pipeline.law = auto chooses among these (bimix_jax.laws.select)
+AUTO_CANDIDATES = ("bimix", "dml")  # pipeline.law = auto chooses among these (bimix_jax.laws.select)
 DUPLICATE_ATOL = 1e-6
 ENTROPY_PROXIES = ("se", "ce", "je", "vne")
 SOURCES = {
-    "baseline": "natural token shares of the training split",
+    "natural": "natural token shares of the training split",
     "uniform": "equal shares",
     "se": "softmax of each domain's Shannon (unigram) entropy, BiMix Eq. 13",
     "ce": "softmax of each domain's conditional entropy H(X_t+1 | X_t), BiMix Eq. 12-13",
@@ -46,9 +46,8 @@ SOURCES = {
 
 def fixed_mixtures(tokens) -> dict[str, np.ndarray]:
     """The "natural" token shares of a corpus's training split and "uniform", in domain order."""
-    natural = tokens.natural_proportions()
-    return {"natural": np.array([natural[d] for d in tokens.domains]),
-            "uniform": np.full(len(tokens.domains), 1.0 / len(tokens.domains))}
+    return {proportions.NATURAL: proportions.natural(tokens.token_counts("train"), tokens.domains),
+            proportions.UNIFORM: proportions.uniform(len(tokens.domains))}
 
 
 def corpus_mixtures(prepared, *, temperature: float, sequence_length: int, max_docs: int
@@ -111,8 +110,8 @@ def choose_law(rows: LossTable) -> tuple[str, dict[str, Any]]:
 
 def fit_stage(table: LossTable, *, min_step: float, options: Mapping[str, Any], leave_one_out: bool,
               law: str = LAW, target_step: float | None = None) -> dict:
-    """Fits `law` (bimix, ye, or auto: `choose_law`) on the candidates' checkpoints from `min_step` on, with both
-    held-out scores; a law without a step model (ye) is fitted at `target_step`."""
+    """Fits `law` (bimix, dml, or auto: `choose_law`) on the candidates' checkpoints from `min_step` on, with both
+    held-out scores; a law without a step model (dml) is fitted at `target_step`."""
     rows = fit_table(table, min_step)
     choice = None
     if law == "auto":
@@ -138,12 +137,12 @@ def proportion_range(table: LossTable) -> dict[str, tuple[float, float]]:
 
 
 def mixture_stage(fitted: FittedLaw, table: LossTable, *, step: float, weights: Mapping[str, float] | None,
-                  bounds: constraints.Bounds, baseline_D: np.ndarray, n_boot: int, seed: int) -> dict:
-    """The optimizer's report (see `optimize.optimize_mixture`) for the fitted law, with its bootstrap."""
+                  bounds: constraints.Bounds, n_boot: int, seed: int) -> dict:
+    """The optimizer's report (see `optimize.optimize_mixture`) for the fitted law, with its bootstrap; the
+    optimum is compared with uniform and, where `bounds` has the corpus's token counts, the natural mixture."""
     domains = fitted.train_domains
     with jax.enable_x64(True):  # The optimizer is tiny; float64 makes it exact (scoped: training stays float32).
         report = optimize.optimize_mixture(fitted, step=step, weights=weights, bounds=bounds,
-                                           baseline=dict(zip(domains, baseline_D.tolist())),
                                            proportion_range=proportion_range(table))
         if n_boot:
             refs = {n: np.array([m[d] for d in domains]) for n, m in report["references"].items()}

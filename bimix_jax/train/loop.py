@@ -36,6 +36,7 @@ from bimix_jax.data.prepare import prepare_data
 from bimix_jax.data.spec import DataSpec
 from bimix_jax.data.tokens import DomainTokens
 from bimix_jax.errors import InputError
+from bimix_jax.mixture import proportions
 from bimix_jax.train.evaluate import EvalSet, build_eval_set, make_eval_fn
 from bimix_jax.model import DecoderConfig, format_size
 from bimix_jax.train.log import CHECKPOINT_DIR, LOSSES_FILE, METRICS_FILE, RunLog, shares  # noqa: F401 - re-exported
@@ -84,15 +85,6 @@ def run_record(spec: RunSpec, tokens: DomainTokens, proportions_D: np.ndarray | 
 def check_run_name(run_name: str) -> None:
     if not isinstance(run_name, str) or not run_name.strip() or "\n" in run_name:
         raise InputError(f"run name {run_name!r} must be a non-empty single line; choose another")
-
-
-def check_proportions(proportions_D: np.ndarray, num_domains: int, *, field: str = "mixture") -> np.ndarray:
-    """[D] float64 training proportions: finite, >= 0, summing to 1; else `InputError` naming `field`."""
-    r_D = np.asarray(proportions_D, np.float64)
-    if (r_D.shape != (num_domains,) or not np.all(np.isfinite(r_D)) or r_D.min() < 0
-            or abs(r_D.sum() - 1) > sampler.SUM_TOLERANCE):
-        raise InputError(f"{field}: proportions {r_D.tolist()} must be {num_domains} weights >= 0 summing to 1")
-    return r_D
 
 
 def _flatten(d: Any, prefix: str = "") -> dict:
@@ -201,7 +193,7 @@ def train_run(
     t, D = spec.train, len(tokens.domains)
     check_run_name(run_name)
     if method is None:
-        proportions_D = check_proportions(proportions_D, D)
+        proportions_D = proportions.check_array(proportions_D, D)
     elif feedback_tokens < 1:
         raise InputError(f"online.feedback_tokens={feedback_tokens}: the {method.name} method needs feedback tokens "
                          "(>= 1 per domain); set online.feedback_tokens")
@@ -357,15 +349,14 @@ def train_from_config(config: Mapping, workdir: str) -> RunResult:
     if online.method == "doremi":
         raise InputError("online.method='doremi' needs a reference run; use experiments/compare_methods.py")
     mixture, normalize = str(config["mixture"]), bool(config["normalize_mixture"])
-    parsed = sampler.parse_mixture(mixture)
-    if isinstance(parsed, dict):  # Weights now; domain names too when the config lists the domains.
-        sampler.validate_proportions(parsed, data_spec.domain_list or tuple(parsed), normalize=normalize)
+    # Weights now; domain names too when the config lists the domains.
+    proportions.precheck(mixture, data_spec.domain_list, normalize=normalize)
     run_name = str(config["run_name"]) or os.path.basename(os.path.normpath(os.path.abspath(workdir)))
     with atomic.removed_on_input_error(workdir, keep=lambda: os.path.exists(os.path.join(workdir, CONFIG_FILE))):
         tokens = prepare_data(data_spec, workdir).tokens
-        proportions_D = sampler.resolve_mixture(mixture, tokens, normalize=normalize)
-        logging.info("mixture %s: %s", mixture, ", ".join(f"{d}={p:.4g}" for d, p in zip(tokens.domains,
-                                                                                          proportions_D)))
+        proportions_D = proportions.resolve(mixture, tokens.domains, token_counts=tokens.token_counts("train"),
+                                            normalize=normalize)
+        logging.info("mixture %s: %s", mixture, proportions.describe(proportions_D, tokens.domains))
         method = online.build(len(tokens.domains))
         return train_run(spec, tokens, None if method else proportions_D, workdir, run_name=run_name,
                          extra_config=config.to_dict() if hasattr(config, "to_dict") else dict(config),

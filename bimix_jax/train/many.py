@@ -52,10 +52,11 @@ from bimix_jax.data.prepare import prepare_data
 from bimix_jax.data.spec import DataSpec
 from bimix_jax.data.tokens import DomainTokens
 from bimix_jax.errors import InputError
+from bimix_jax.mixture import proportions
 from bimix_jax.train.evaluate import build_eval_set, make_eval_fn
 from bimix_jax.model import DecoderConfig, format_size
 from bimix_jax.train.log import RunLog, shares
-from bimix_jax.train.loop import (CONFIG_FILE, RunResult, _mesh, check_proportions, check_run_name, check_workdir,
+from bimix_jax.train.loop import (CONFIG_FILE, RunResult, _mesh, check_run_name, check_workdir,
                              compiled_programs, neutral_spec, run_record, train_run)
 from bimix_jax.train.state import RunSpec, TrainState, make_group_train_step
 
@@ -120,7 +121,7 @@ def _check_mixtures(proportions_KxD: np.ndarray, run_names: Sequence[str], num_d
     if r_KxD.ndim != 2 or r_KxD.shape[0] != len(run_names):
         raise InputError(f"mixtures: expected {len(run_names)} rows of {num_domains} proportions (one per run), "
                          f"got shape {r_KxD.shape}")
-    return np.stack([check_proportions(r, num_domains, field=f"mixture of run {n}") for r, n in zip(r_KxD, run_names)])
+    return np.stack([proportions.check_array(r, num_domains, field=f"mixture of run {n}") for r, n in zip(r_KxD, run_names)])
 
 
 def train_runs(
@@ -272,10 +273,7 @@ def train_many_from_config(config: Mapping, workdir: str, mixtures: Sequence[str
     if len(run_names) != len(mixtures):
         raise InputError(f"--run_names has {len(run_names)} names for {len(mixtures)} mixtures; give one per mixture")
     for k, text in enumerate(mixtures):
-        parsed = sampler.parse_mixture(text, field=f"mixture {k}")
-        if isinstance(parsed, dict):
-            sampler.validate_proportions(parsed, data_spec.domain_list or tuple(parsed), normalize=normalize,
-                                         field=f"mixture {k}")
+        proportions.precheck(text, data_spec.domain_list, normalize=normalize, field=f"mixture {k}")
     for name in run_names:
         check_run_name(name)
         if name in (".", "..", "data") or os.sep in name:
@@ -285,7 +283,8 @@ def train_many_from_config(config: Mapping, workdir: str, mixtures: Sequence[str
     created = not os.path.exists(workdir)
     try:
         tokens = prepare_data(data_spec, workdir).tokens
-        r_KxD = np.stack([sampler.resolve_mixture(m, tokens, normalize=normalize, field=f"mixture {k}")
+        r_KxD = np.stack([proportions.resolve(m, tokens.domains, token_counts=tokens.token_counts("train"),
+                                              normalize=normalize, field=f"mixture {k}")
                           for k, m in enumerate(mixtures)])
         full = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         extra = [{**full, "mixture": m, "run_name": n} for m, n in zip(mixtures, run_names)]

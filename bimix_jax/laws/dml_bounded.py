@@ -1,6 +1,6 @@
 """The bounded fit of the Data Mixing Law: 0 <= c_e < min observed loss, grid-over-c starts, optional ridge.
 
-Per eval domain, `L(r) = c + k exp(t . r)` with t = Q u in the sum-zero gauge (see `ye.py`). Unbounded,
+Per eval domain, `L(r) = c + k exp(t . r)` with t = Q u in the sum-zero gauge (see `dml.py`). Unbounded,
 c can run above the smallest observed loss or below zero, and with few mixtures the exponents then grow
 to hundreds and the law extrapolates wildly. Here
 
@@ -42,7 +42,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class YeBoundedCurve:
+class DmlBoundedCurve:
     """theta = (z, log k, u [D-1]); c = m sigmoid(z); x = [r [D], sqrt(lam)]. `complete` -> (log c, log k, u)."""
 
     n_domains: int
@@ -102,8 +102,8 @@ class YeBoundedCurve:
         return np.stack(thetas)
 
 
-def curve(n_domains: int, basis: np.ndarray) -> YeBoundedCurve:
-    return YeBoundedCurve(n_domains, tuple(map(tuple, np.asarray(basis, float).tolist())))
+def curve(n_domains: int, basis: np.ndarray) -> DmlBoundedCurve:
+    return DmlBoundedCurve(n_domains, tuple(map(tuple, np.asarray(basis, float).tolist())))
 
 
 def with_ridge(x_NxD: np.ndarray, lam: float) -> np.ndarray:

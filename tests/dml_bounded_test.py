@@ -7,8 +7,8 @@ import pytest
 
 from bimix_jax import loss_table
 from bimix_jax.laws import fit_law, protocols
-from bimix_jax.laws import ye_bounded
-from tests.ye_law_test import make_table, ye_loss
+from bimix_jax.laws import dml_bounded
+from tests.dml_law_test import make_table, dml_loss
 
 PILE3 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "pile3_github_books3_pilecc.csv")
 
@@ -24,33 +24,33 @@ def pile3_410m():
 @pytest.mark.slow
 def test_c_stays_below_the_smallest_loss_and_the_bound_is_reported():
     few = make_table(mixtures=[(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0), (0.25, 0.25, 0.5)], noise=0.02, seed=3)
-    fitted = fit_law(few, "ye")
+    fitted = fit_law(few, "dml")
     for g, e in enumerate(fitted.eval_domains):
         m = few.loss[few.eval_domain == e].min()
         assert 0 < fitted.params["c"][g] < m
         d = fitted.summary["domains"][e]
         np.testing.assert_allclose(d["c_over_min_loss"], fitted.params["c"][g] / m, rtol=1e-9)
         assert d["c_at_bound"] in (None, "zero", "min_loss")
-        assert (d["c_at_bound"] == "min_loss") == (d["c_over_min_loss"] > 1 - ye_bounded.AT_BOUND)
+        assert (d["c_at_bound"] == "min_loss") == (d["c_over_min_loss"] > 1 - dml_bounded.AT_BOUND)
 
 
 @pytest.mark.slow
 def test_ridge_shrinks_the_exponents():
     table = make_table(noise=0.01, seed=2)
-    norms = [np.linalg.norm(fit_law(table, "ye", ridge=lam).params["t"], axis=1) for lam in (0.0, 1.0)]
+    norms = [np.linalg.norm(fit_law(table, "dml", ridge=lam).params["t"], axis=1) for lam in (0.0, 1.0)]
     assert np.all(norms[1] < norms[0])
 
 
 @pytest.mark.slow
 def test_ridge_cv_picks_from_the_grid_and_predicts():
     table = make_table(noise=0.01, seed=2)
-    cv = fit_law(table, "ye", ridge="cv")
+    cv = fit_law(table, "dml", ridge="cv")
     lams = [cv.summary["domains"][e]["data"]["ridge"] for e in cv.eval_domains]
-    assert set(lams) <= set(ye_bounded.RIDGE_GRID)
-    assert np.asarray(list(cv.summary["ridge_cv"]["cv_mse_log"].values())).shape == (4, len(ye_bounded.RIDGE_GRID))
+    assert set(lams) <= set(dml_bounded.RIDGE_GRID)
+    assert np.asarray(list(cv.summary["ridge_cv"]["cv_mse_log"].values())).shape == (4, len(dml_bounded.RIDGE_GRID))
     # 1% noise, 15 mixtures: the CV choice still predicts unseen mixtures within 2%.
     for r in np.random.default_rng(7).dirichlet(np.ones(3), size=10):
-        np.testing.assert_allclose(cv.predict(r, cv.target_step), [ye_loss(r, e) for e in range(4)], rtol=0.02)
+        np.testing.assert_allclose(cv.predict(r, cv.target_step), [dml_loss(r, e) for e in range(4)], rtol=0.02)
 
 
 def _heldout(table, fit_runs, predict):
@@ -61,7 +61,7 @@ def _heldout(table, fit_runs, predict):
 
 
 def _ours(train, test):
-    fitted = fit_law(train, "ye")
+    fitted = fit_law(train, "dml")
     for g, e in enumerate(fitted.eval_domains):  # 0 <= c < the smallest fitted loss, and reported.
         m = train.loss[train.eval_domain == e].min()
         assert 0 <= fitted.params["c"][g] < m
@@ -73,8 +73,8 @@ def _scipy(train, test):
     baselines = pytest.importorskip("experiments.baselines")
     pred = np.zeros(len(test))
     for e in train.eval_domains:
-        params = baselines.ye_bounded_scipy(train.p[train.eval_domain == e], train.loss[train.eval_domain == e])
-        pred[test.eval_domain == e] = baselines.ye_predict(params, test.p[test.eval_domain == e])
+        params = baselines.dml_bounded_scipy(train.p[train.eval_domain == e], train.loss[train.eval_domain == e])
+        pred[test.eval_domain == e] = baselines.dml_predict(params, test.p[test.eval_domain == e])
     return pred
 
 
@@ -93,6 +93,6 @@ def test_bound_rescues_a_fit_on_few_mixtures(pile3_410m):
     t = pile3_410m
     splits = [None, list(np.random.default_rng(0).choice(t.runs, 8, replace=False))]
     # With 8 mixtures an unbounded c extrapolates wildly; the bound keeps the held-out R^2 far above it.
-    r2_free, _ = _heldout(t, splits[1], lambda a, b: protocols.predict_rows(fit_law(a, "ye", bounded=False), b))
+    r2_free, _ = _heldout(t, splits[1], lambda a, b: protocols.predict_rows(fit_law(a, "dml", bounded=False), b))
     r2_bounded, _ = _heldout(t, splits[1], _ours)
     assert r2_bounded > r2_free + 1.0, (r2_bounded, r2_free)

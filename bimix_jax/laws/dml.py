@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bimix_jax.errors import InputError
-from bimix_jax.laws import steplaw, ye_bounded
+from bimix_jax.laws import dml_bounded, steplaw
 from bimix_jax.laws import levenberg_marquardt as lm
 from bimix_jax.laws.base import FitProblem, Law, register
 
@@ -65,7 +65,7 @@ def _candidates(dim: int) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class YeCurve:
+class DmlCurve:
     """Per-eval-domain model: theta = (log c, log k, u [D-1]), t = Q u; x = r [D]."""
 
     n_domains: int
@@ -88,17 +88,17 @@ class YeCurve:
 
 
 @register
-class Ye(Law):
+class DataMixingLaw(Law):
     """L_e(r) = c_e + k_e * exp(t_e . r) at FittedLaw.target_step; params c [E], k [E], t [E, D]."""
 
-    name = "ye"
+    name = "dml"
     version = 1
     uses_step = False
 
     def __init__(self, train_domains: Sequence[str], eval_domains: Sequence[str]):
         super().__init__(train_domains, eval_domains)
         if len(self.train_domains) < 2:
-            raise InputError("the Ye law needs at least 2 training domains (p_ columns); add domains or use bimix")
+            raise InputError("the Data Mixing Law needs at least 2 training domains (p_ columns); add domains or use bimix")
 
     def predict(self, params: Mapping[str, jax.Array], r_D: jax.Array, s: jax.Array) -> jax.Array:
         del s  # The law holds at FittedLaw.target_step only (checked there for concrete steps).
@@ -106,13 +106,13 @@ class Ye(Law):
 
     def check_params(self, params: Mapping[str, np.ndarray]) -> None:
         if set(params) != set(PARAM_NAMES):
-            raise InputError(f"ye parameters must be {', '.join(PARAM_NAMES)}, got {', '.join(sorted(params))}; refit")
+            raise InputError(f"dml parameters must be {', '.join(PARAM_NAMES)}, got {', '.join(sorted(params))}; refit")
         e, d = len(self.eval_domains), len(self.train_domains)
         for k, shape in (("c", (e,)), ("k", (e,)), ("t", (e, d))):
             if np.asarray(params[k]).shape != shape:
-                raise InputError(f"ye parameter {k!r} has shape {np.asarray(params[k]).shape}, expected {shape}; refit")
+                raise InputError(f"dml parameter {k!r} has shape {np.asarray(params[k]).shape}, expected {shape}; refit")
         if not (np.all(np.asarray(params["c"]) > 0) and np.all(np.asarray(params["k"]) > 0)):
-            raise InputError("ye parameters c and k must be positive; refit with experiments.fit_law")
+            raise InputError("dml parameters c and k must be positive; refit with experiments.fit_law")
 
     def check_inputs(self, r_D: np.ndarray, s: np.ndarray) -> None:
         if r_D.shape[-1:] != (len(self.train_domains),):
@@ -121,12 +121,12 @@ class Ye(Law):
 
     def fit_problem(self, table, options: lm.SolverOptions, *, target_step: float | None = None,
                     step_min: float = 0.0, bounded: bool = True, ridge: float | str = 0.0) -> FitProblem:
-        """bounded: 0 <= c < min observed loss (`ye_bounded`; False: c, k > 0 only, the earlier fit);
+        """bounded: 0 <= c < min observed loss (`dml_bounded`; False: c, k > 0 only, the earlier fit);
         ridge: strength of a ridge on t (bounded only), a number or 'cv' (k-fold CV over runs per domain)."""
         if not (ridge == "cv" or (isinstance(ridge, (int, float)) and np.isfinite(ridge) and ridge >= 0)):
-            raise InputError(f"ye ridge={ridge!r} must be a number >= 0 or 'cv'")
+            raise InputError(f"dml ridge={ridge!r} must be a number >= 0 or 'cv'")
         if ridge and not bounded:
-            raise InputError("the ye ridge applies to the bounded fit only; drop ridge or set bounded=True")
+            raise InputError("the dml ridge applies to the bounded fit only; drop ridge or set bounded=True")
         target = float(np.max(table.step)) if target_step is None else float(target_step)
         if not (np.isfinite(target) and target > 0):
             raise InputError(f"--target_step={target_step!r} must be a positive step")
@@ -168,7 +168,7 @@ class Ye(Law):
             mix = np.unique(np.round(xs[g][keep_N][:, :d], 9), axis=0)
             if len(mix) < d + 1:
                 return (f"eval domain {e!r}: {len(mix)} distinct mixtures at step {target:g}, fewer than the {d + 1} "
-                        f"free Ye parameters (c, k and {d - 1} independent t); add runs with other mixtures")
+                        f"free Data Mixing Law parameters (c, k and {d - 1} independent t); add runs with other mixtures")
             for j, dom in enumerate(train_domains):
                 if np.ptp(mix[:, j]) == 0:
                     return (f"eval domain {e!r}: p_{dom} is {mix[0, j]:g} in every run used; its coefficient t is not "
@@ -199,11 +199,11 @@ class Ye(Law):
             "per_domain": {e: {"points": len(points[e])} for e in eval_domains},
         }
         if not bounded:
-            return FitProblem(model=YeCurve(d), x=tuple(xs), logy=tuple(logys), runs=tuple(runs),
+            return FitProblem(model=DmlCurve(d), x=tuple(xs), logy=tuple(logys), runs=tuple(runs),
                               to_params=to_params, check_rows=check_rows, summary=summary, target_step=target)
         if ridge == "cv":
-            lam_E, cv_mse = ye_bounded.choose_ridge(xs, logys, runs, q, options)
-            summary["ridge_cv"] = {"grid": list(ye_bounded.RIDGE_GRID), "folds": ye_bounded.CV_FOLDS,
+            lam_E, cv_mse = dml_bounded.choose_ridge(xs, logys, runs, q, options)
+            summary["ridge_cv"] = {"grid": list(dml_bounded.RIDGE_GRID), "folds": dml_bounded.CV_FOLDS,
                                    "cv_mse_log": {e: cv_mse[g].tolist() for g, e in enumerate(eval_domains)}}
         else:
             lam_E = np.full(len(xs), float(ridge))
@@ -212,9 +212,9 @@ class Ye(Law):
         min_loss = np.array([float(np.exp(np.min(y))) for y in logys])
 
         def report(params: dict[str, np.ndarray]) -> dict[str, dict]:
-            return dict(zip(eval_domains, ye_bounded.bound_report(params["c"], min_loss)))
+            return dict(zip(eval_domains, dml_bounded.bound_report(params["c"], min_loss)))
 
-        return FitProblem(model=ye_bounded.curve(d, q), x=tuple(ye_bounded.with_ridge(x, lam) for x, lam in
+        return FitProblem(model=dml_bounded.curve(d, q), x=tuple(dml_bounded.with_ridge(x, lam) for x, lam in
                                                               zip(xs, lam_E)),
                           logy=tuple(logys), runs=tuple(runs), to_params=to_params, check_rows=check_rows,
                           summary=summary, target_step=target, report=report)
