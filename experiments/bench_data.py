@@ -51,17 +51,17 @@ def _timed(fn, repeats: int) -> tuple[list[float], object]:
 def main(argv: Sequence[str]) -> None:
     del argv
     if _MODE.value == "store":
-        from experiments import bench_store
+        from experiments import bench_data_lib
 
         with tempfile.TemporaryDirectory(dir=_DIR.value or None) as tmp:
-            print(json.dumps(bench_store.measure(tmp, corpus_mb=_CORPUS_MB.value, compare_mb=_COMPARE_MB.value,
+            print(json.dumps(bench_data_lib.measure(tmp, corpus_mb=_CORPUS_MB.value, compare_mb=_COMPARE_MB.value,
                                                  workers=_WORKERS.value), indent=2))
         return
     if _MODE.value == "input":
-        from experiments import bench_store
+        from experiments import bench_data_lib
 
         with tempfile.TemporaryDirectory(dir=_DIR.value or None) as tmp:
-            print(json.dumps(bench_store.measure_input(tmp), indent=2))
+            print(json.dumps(bench_data_lib.measure_input(tmp), indent=2))
         return
     from bimix_jax.data import prepare, tokenizer
     from bimix_jax.data.spec import DataSpec

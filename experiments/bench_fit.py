@@ -13,9 +13,10 @@ Figures: one full fit in a fresh process with compilation (`cold`), in a fresh p
 compilation cache is warm (`cold_cached`; temporary `BIMIX_JAX_CACHE_DIR`), and in-process once compiled
 (`warm`, median of --repeats); per-refit time of --n_boot bootstrap refits over runs (jax: one vmapped
 call; scipy: a loop over the same resamples); held-out error of both under both protocols; the fit cost
-each reaches. Fresh-process figures give the fit call alone (`fit_s`), a process that imports and fits (`process_s`,
-interpreter start and imports included) and the real binary end to end (`binary_s`: `python -m
-experiments.fit_law ... --out=fit.json`, flags, reading, fitting, writing, exit). Timings on a shared machine are noisy: compare ratios.
+each reaches. Fresh-process figures give the fit call alone (`fit_s`), a process that imports and fits
+(`process_s`, interpreter start and imports included) and the real binary end to end (`binary_s`: the fit_law
+binary on the same table: flags, reading, fitting, writing, exit). Timings on a shared machine are noisy: compare
+ratios.
 """
 
 from __future__ import annotations

@@ -53,9 +53,16 @@ def _config_file_arg(argv: Sequence[str]) -> str:
     return "the config file"
 
 
+_HELP = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
 def _parse_flags(argv: Sequence[str]) -> list[str]:
     try:
         rest = flags.FLAGS(argv)
+    except SystemExit:
+        if any(a in _HELP for a in argv[1:]):
+            sys.exit(0)  # absl exits with 1 after printing the help asked for
+        raise
     except flags.Error as e:
         fail(_first_line(e) + "; see --helpshort")
     except (AttributeError, KeyError) as e:

@@ -39,7 +39,7 @@ flags.mark_flags_as_required(["losses", "out"])
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from bimix_jax import atomic, loss_table, validate
+    from bimix_jax import atomic, loss_table, checks
     from bimix_jax.errors import InputError
     from bimix_jax.laws import select
     from bimix_jax.laws.base import canonical_law_name
@@ -55,11 +55,11 @@ def main(argv: Sequence[str]) -> None:
         raise InputError(f"--k={_K.value} must be >= 2")
     if _N_BOOT.value < 0:
         raise InputError(f"--n_boot={_N_BOOT.value} must be >= 0")
-    validate.output_file("--out", _OUT.value)
+    checks.output_file("--out", _OUT.value)
     if _TABLE.value:
-        validate.output_file("--table", _TABLE.value)
+        checks.output_file("--table", _TABLE.value)
     if _PLOT.value:
-        validate.output_file("--plot", _PLOT.value)
+        checks.output_file("--plot", _PLOT.value)
         plots.check_format(_PLOT.value)
     table = loss_table.read_csv(_LOSSES.value, normalize=_NORMALIZE.value).for_model_size(_MODEL_SIZE.value)
     start = time.perf_counter()

@@ -24,11 +24,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from bimix_jax import validate
+    from bimix_jax import checks
     from bimix_jax.pipeline import compare  # After cli.run has set up JAX.
 
     cli.quiet_orbax_logs()
-    workdir = validate.output_dir("--workdir", _WORKDIR.value)
+    workdir = checks.output_dir("--workdir", _WORKDIR.value)
     rep = compare.compare_methods(_CONFIG.value, workdir)
     best = rep["ranking"][0]
     print(f"best: {best} (average loss {rep['methods'][best]['average_loss']['mean']:.4f}); "

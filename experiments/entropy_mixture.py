@@ -34,7 +34,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from bimix_jax import atomic, validate
+    from bimix_jax import atomic, checks
     from bimix_jax.data.prepare import prepare_data
     from bimix_jax.data.spec import DataSpec
     from bimix_jax.errors import InputError
@@ -48,9 +48,9 @@ def main(argv: Sequence[str]) -> None:
         raise InputError(f"--sequence_length={_SEQUENCE_LENGTH.value} must be 0 or >= 2")
     if _MAX_DOCS.value < 1:
         raise InputError(f"--vne_max_docs={_MAX_DOCS.value} must be >= 1")
-    validate.output_dir("--workdir", _WORKDIR.value)
+    checks.output_dir("--workdir", _WORKDIR.value)
     out = _OUT.value or os.path.join(_WORKDIR.value, "entropy_mixture.json")
-    validate.output_file("--out", out)
+    checks.output_file("--out", out)
     data = prepare_data(spec, _WORKDIR.value)
     toks = data.tokens
     report = entropy_counts.entropy_report(

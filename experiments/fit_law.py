@@ -61,7 +61,7 @@ flags.mark_flags_as_required(["losses", "law", "out"])
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from bimix_jax import atomic, loss_table, validate
+    from bimix_jax import atomic, loss_table, checks
     from bimix_jax.errors import InputError
 
     from bimix_jax.laws.base import canonical_law_name
@@ -74,7 +74,7 @@ def main(argv: Sequence[str]) -> None:
     if _TARGET_STEP.value is not None:
         if law == "bimix":
             raise InputError("--target_step applies to --law=dml and the regression laws only; drop it")
-        validate.in_range("--target_step", _TARGET_STEP.value, low=0, low_open=True, hint="give a step > 0")
+        checks.in_range("--target_step", _TARGET_STEP.value, low=0, low_open=True, hint="give a step > 0")
         law_options["target_step"] = _TARGET_STEP.value
     if regression and (_STEP_MIN.value is not None or _N_BOOT.value or _HOLDOUT.value):
         raise InputError(f"--step_min, --n_boot and --holdout do not apply to --law={law} (one step, closed-form fit); "
@@ -91,12 +91,12 @@ def main(argv: Sequence[str]) -> None:
         raise InputError("--holdout_runs needs --holdout=mixtures")
     if _N_BOOT.value < 0:
         raise InputError(f"--n_boot={_N_BOOT.value} must be >= 0")
-    validate.input_file("--losses", _LOSSES.value, "loss table CSV")
-    validate.output_file("--out", _OUT.value)
+    checks.input_file("--losses", _LOSSES.value, "loss table CSV")
+    checks.output_file("--out", _OUT.value)
     if _PLOT.value is not None:
-        validate.output_file("--plot", _PLOT.value)
-    validate.in_range("--n_starts", _N_STARTS.value, low=1, high=256, integer=True, hint="pick e.g. 4")
-    validate.in_range("--huber_delta", _HUBER_DELTA.value, low=0, low_open=True, hint="pick e.g. 0.05")
+        checks.output_file("--plot", _PLOT.value)
+    checks.in_range("--n_starts", _N_STARTS.value, low=1, high=256, integer=True, hint="pick e.g. 4")
+    checks.in_range("--huber_delta", _HUBER_DELTA.value, low=0, low_open=True, hint="pick e.g. 0.05")
     options = dict(model_size=_MODEL_SIZE.value, n_starts=_N_STARTS.value, loss=_LOSS.value,
                    huber_delta=_HUBER_DELTA.value, dtype=_DTYPE.value, **law_options)
 

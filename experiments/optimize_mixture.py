@@ -64,20 +64,20 @@ def main(argv: Sequence[str]) -> None:
     jax.config.update("jax_enable_x64", True)  # The optimizer is tiny; float64 makes it exact to 1e-12.
     import numpy as np
 
-    from bimix_jax import atomic, loss_table, validate
+    from bimix_jax import atomic, loss_table, checks
     from bimix_jax.errors import InputError
     from bimix_jax.laws import FittedLaw
     from bimix_jax.mixture import constraints, export, optimize, uncertainty
 
     parse = constraints.parse_domain_values
-    validate.input_file("--fit", _FIT.value, "fit file")
-    validate.output_file("--out", _OUT.value)
+    checks.input_file("--fit", _FIT.value, "fit file")
+    checks.output_file("--out", _OUT.value)
     if _EXPORT_DIR.value:
-        validate.output_dir("--export_dir", _EXPORT_DIR.value)
+        checks.output_dir("--export_dir", _EXPORT_DIR.value)
         for name in ("weights.json", "megatron_blend.txt", "sampling_weights.json"):
-            validate.output_file("--export_dir", os.path.join(_EXPORT_DIR.value, name))
+            checks.output_file("--export_dir", os.path.join(_EXPORT_DIR.value, name))
     if _LOSSES.value:
-        validate.input_file("--losses", _LOSSES.value, "loss table CSV")
+        checks.input_file("--losses", _LOSSES.value, "loss table CSV")
     if _BOOTSTRAP.value < 0:
         raise InputError(f"--bootstrap={_BOOTSTRAP.value} must be >= 0")
     if _BOOTSTRAP.value and not _LOSSES.value:

@@ -39,18 +39,18 @@ def main(argv: Sequence[str]) -> None:
     del argv
     import numpy as np
 
-    from bimix_jax import atomic, loss_table, validate
+    from bimix_jax import atomic, loss_table, checks
     from bimix_jax.errors import InputError
     from bimix_jax.laws import nested
     from bimix_jax.laws.base import canonical_law_name
 
     law = canonical_law_name(_LAW.value)
-    validate.output_file("--out", _OUT.value)
+    checks.output_file("--out", _OUT.value)
     if _FIT.value:
-        validate.output_file("--fit", _FIT.value)
-    validate.in_range("--target_step", _TARGET_STEP.value, low=0, low_open=True, hint="give a training step > 0")
+        checks.output_file("--fit", _FIT.value)
+    checks.in_range("--target_step", _TARGET_STEP.value, low=0, low_open=True, hint="give a training step > 0")
     if _MAX_STEP.value is not None:
-        validate.in_range("--max_step", _MAX_STEP.value, low=0, low_open=True, hint="give a training step > 0")
+        checks.in_range("--max_step", _MAX_STEP.value, low=0, low_open=True, hint="give a training step > 0")
 
     sizes = {}
     for item in filter(None, _SIZES.value.split(",")):

@@ -50,18 +50,18 @@ def _parse_sources(text: str) -> dict[str, list[str]]:
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from bimix_jax import validate
+    from bimix_jax import checks
     from bimix_jax.data import store
     from bimix_jax.data.tokenizer import Tokenizer
 
     # Every flag is checked, under its own name, before anything is read, tokenized or written.
-    validate.output_dir("--out", _OUT.value)
-    Tokenizer.load(validate.input_file("--tokenizer", _TOKENIZER.value, "SentencePiece model"), field="--tokenizer")
-    validate.in_range("--record_tokens", _RECORD_TOKENS.value, low=2, integer=True, hint="give at least 2")
-    validate.in_range("--val_fraction", _VAL_FRACTION.value, low=0, high=1, high_open=True,
+    checks.output_dir("--out", _OUT.value)
+    Tokenizer.load(checks.input_file("--tokenizer", _TOKENIZER.value, "SentencePiece model"), field="--tokenizer")
+    checks.in_range("--record_tokens", _RECORD_TOKENS.value, low=2, integer=True, hint="give at least 2")
+    checks.in_range("--val_fraction", _VAL_FRACTION.value, low=0, high=1, high_open=True,
                       hint="give a share in [0, 1)")
-    validate.in_range("--workers", _WORKERS.value, low=1, integer=True, hint="give at least 1")
-    validate.in_range("--wait_s", _WAIT_S.value, low=0, integer=True, hint="give seconds >= 0")
+    checks.in_range("--workers", _WORKERS.value, low=1, integer=True, hint="give at least 1")
+    checks.in_range("--wait_s", _WAIT_S.value, low=0, integer=True, hint="give seconds >= 0")
     sources = _parse_sources(_SOURCES.value)
     import jax
 

@@ -1,8 +1,9 @@
-"""The whole BiMix job: candidates -> proxy runs -> law -> best mixture -> its run -> report. Rerun to resume.
+r"""The whole BiMix job: candidates -> proxy runs -> law -> best mixture -> its run -> report. Rerun to resume.
 
     python -m experiments.run_pipeline --config=configs/pipeline_tiny.py --workdir=workdirs/pipeline_tiny
     python -m experiments.run_pipeline --config=configs/pipeline_tiny.py:runlocal --workdir=/tmp/p   # seconds
-    python -m experiments.run_pipeline --config=configs/pipeline_tiny.py --config.pipeline.vmap=True ...
+    python -m experiments.run_pipeline --config=configs/pipeline_tiny.py --config.pipeline.vmap=True \
+        --workdir=workdirs/pipeline_vmap
 
 Writes `<workdir>/report.md`, `report.json` and `plots/*.png`, with everything needed to reproduce them
 (`pipeline.json`, `provenance.json`, `data/`, `runs/<candidate>/`, `runs/optimized/`, `losses*.csv`,
@@ -29,10 +30,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from bimix_jax import validate
+    from bimix_jax import checks
     from bimix_jax.pipeline import run as pipeline  # After cli.run has set up JAX.
 
-    validate.output_dir("--workdir", _WORKDIR.value)
+    checks.output_dir("--workdir", _WORKDIR.value)
     cli.quiet_orbax_logs()
     result = pipeline.run_pipeline(_CONFIG.value, _WORKDIR.value)
     rep = result.report

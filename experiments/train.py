@@ -26,10 +26,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from bimix_jax import validate
+    from bimix_jax import checks
     from bimix_jax.train import loop as train_loop  # After cli.run has set up JAX.
 
-    validate.output_dir("--workdir", _WORKDIR.value)
+    checks.output_dir("--workdir", _WORKDIR.value)
     cli.quiet_orbax_logs()
     result = train_loop.train_from_config(_CONFIG.value, _WORKDIR.value)
     state = "was already complete" if result.already_complete else "finished"

@@ -2,8 +2,10 @@ r"""Trains K candidate mixtures of one config at once (one vmapped step); rerunn
 
     python -m experiments.train_many --config=configs/tiny.py --workdir=workdirs/sweep \
         --mixtures=uniform --mixtures=natural --mixtures=code=0.5,prose=0.5
-    python -m experiments.train_many ... --seeds=0,1,2 --run_names=u,n,cp   # per-run seeds and names
-    python -m experiments.train_many ... --novmap                           # one after another (reference)
+    python -m experiments.train_many --config=configs/tiny.py --workdir=workdirs/seeds \
+        --mixtures=uniform --mixtures=uniform --mixtures=uniform --seeds=0,1,2 --run_names=u0,u1,u2
+    python -m experiments.train_many --config=configs/tiny.py --workdir=workdirs/sweep --mixtures=uniform \
+        --mixtures=natural --novmap   # one after another (the reference)
 
 Run k is written to `<workdir>/<run name k>/` exactly as `experiments.train` writes a run (`losses.csv`,
 `metrics.jsonl`, `config.json`, `checkpoints/`); the prepared corpus is shared under `<workdir>/data/`.
@@ -45,10 +47,10 @@ def _seeds() -> list[int] | None:
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from bimix_jax import validate
+    from bimix_jax import checks
     from bimix_jax.train import loop as train_loop, many as train_many  # After cli.run has set up JAX.
 
-    validate.output_dir("--workdir", _WORKDIR.value)
+    checks.output_dir("--workdir", _WORKDIR.value)
     cli.quiet_orbax_logs()
     results = train_many.train_many_from_config(_CONFIG.value, _WORKDIR.value, _MIXTURES.value,
                                                 run_names=_RUN_NAMES.value or None, seeds=_seeds(),

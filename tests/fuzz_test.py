@@ -113,7 +113,7 @@ def alloc_case(r, zero_mask, u, batch):
     r = np.where(np.asarray(zero_mask), 0.0, np.asarray(r))
     if r.sum() <= 0:
         r[0] = 1.0
-    r = r / r.sum()  # mixtures reach the sampler validated: finite, >= 0, summing to 1
+    r = r / r.sum()  # mixtures reach the sampler checked: finite, >= 0, summing to 1
     dom = np.asarray(_alloc(jnp.float32(u), jnp.asarray(r, jnp.float32), batch))
     assert dom.shape == (batch,) and dom.min() >= 0 and dom.max() < D
     counts = np.bincount(dom, minlength=D)

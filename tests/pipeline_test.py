@@ -90,7 +90,7 @@ def test_outputs_are_complete_and_consistent(finished):
     best = min(CANDIDATES, key=lambda r: last_avg[r])
     assert rep["paired"][best]["seeds"] == (2 if best == "uniform" else 1)
     assert "Paired with uniform seed by seed" in rep["verdict"]
-    assert set(rep["validation"]["at_last_step"]) == set(table.domains)
+    assert set(rep["confirmation"]["at_last_step"]) == set(table.domains)
     md = open(finished.paths["report_md"]).read()
     assert rep["verdict"] in md and all(f"{r['observed_average']:.4f}" in md for r in comp)
     assert rep["provenance"]["code"]["source_sha256"] and rep["provenance"]["code"]["version"] == "0.1.0"
@@ -101,7 +101,7 @@ def test_rerun_of_a_finished_pipeline_redoes_nothing(finished, monkeypatch):
         raise AssertionError("a finished stage was redone")
 
     for module, name in ((entropy_counts, "entropy_report"), (stages, "fit_stage"), (stages, "mixture_stage"),
-                         (stages, "validation_stage"), (report, "write")):
+                         (stages, "confirm_stage"), (report, "write")):
         monkeypatch.setattr(module, name, forbidden)
     w = finished.workdir
     before = {n: open(os.path.join(w, "runs", n, "metrics.jsonl")).read() for n in RUNS}

@@ -84,3 +84,18 @@ def test_dict_array_round_trip():
         proportions.to_array({"d0": 0.5, "d1": 0.5, "d2": 0}, DOMAINS)
     np.testing.assert_allclose(proportions.renormalize([-1e-12, 0.5, 0.5000001]), [0, 0.4999999, 0.5000001],
                                rtol=1e-6)
+
+
+def test_a_recommended_mixture_file_goes_back_into_training(tmp_path):
+    import json
+
+    report = tmp_path / "mixture.json"
+    report.write_text(json.dumps({"format": "bimix_jax.mixture_report", "mixture": {"d0": 0.75, "d2": 0.25}}))
+    weights = tmp_path / "weights.json"
+    weights.write_text(json.dumps({"d1": 0.5, "d3": 0.5}))
+    np.testing.assert_allclose(proportions.resolve(str(report), DOMAINS), [0.75, 0, 0.25, 0, 0])
+    np.testing.assert_allclose(proportions.resolve(str(weights), DOMAINS), [0, 0.5, 0, 0.5, 0])
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    for path, pattern in ((tmp_path / "none.json", "does not exist"), (tmp_path / "bad.json", "holds no mixture")):
+        with pytest.raises(InputError, match=pattern):
+            proportions.parse(str(path))

@@ -50,7 +50,7 @@ def _inputs(fitted_stages, offset, duplicate=False):
     tables, fit, fitted, mix, _ = fitted_stages
     r_opt = np.array([mix["mixture"][d] for d in DOMAINS])
     tables = {**tables, "optimized": run_table("optimized", r_opt, 9, offset)}
-    val = atomic.to_jsonable(stages.validation_stage(fitted, tables, recommended="optimized", last_step=LAST,
+    val = atomic.to_jsonable(stages.confirm_stage(fitted, tables, recommended="optimized", last_step=LAST,
                                                        min_step=MIN_STEP, weights=mix["weights"]))
     named = {n: np.array(r) for n, r in CANDS.items()}
     extras = [("dup", np.array(CANDS["x"]))] if duplicate else []
@@ -67,7 +67,7 @@ def _inputs(fitted_stages, offset, duplicate=False):
         config={"pipeline": {"fit_min_step": MIN_STEP}}, spec={}, data_table="| domain |\n|---|\n| a |",
         candidates={"entropy": {"entropy": entropy}, "candidates": cands},
         proxies={"realized_shares": shares, "model_size": "1K", "steps": LAST, "tokens_per_run": 1000},
-        fit=fit, mixture=mix, validation=val, table=loss_table.concat(list(tables.values())), fitted=fitted,
+        fit=fit, mixture=mix, confirmation=val, table=loss_table.concat(list(tables.values())), fitted=fitted,
         timing={"fit": 1.0}, provenance={"code": provenance.code_version(), "invocations": []}, files={"x": "ab"})
 
 
@@ -95,8 +95,8 @@ def test_report_says_when_the_recommendation_wins(fitted_stages, tmp_path):
     assert sorted(ranks) == sorted([*CANDS, "optimized"]) and sorted(ranks.values()) == [1, 2, 3, 4, 5]
     assert ranks["optimized"] == 1 and rep["verdict"].startswith("The recommended mixture has the lowest")
     # Predicted vs observed for the recommended run: small errors (the data follow the law).
-    assert abs(rep["validation"]["average"]["relative_error_pct"]) < 1.0
-    assert rep["validation"]["curve"]["fit_window"]["mean"]["r2_log"] > 0.9
+    assert abs(rep["confirmation"]["average"]["relative_error_pct"]) < 1.0
+    assert rep["confirmation"]["curve"]["fit_window"]["mean"]["r2_log"] > 0.9
     md = (tmp_path / "report.md").read_text()
     assert rep["verdict"] in md
     for row in rep["comparison"]:  # every run's observed average loss, as in report.json
@@ -117,7 +117,7 @@ def test_report_says_when_a_candidate_beats_the_recommendation(fitted_stages, tm
     assert rec["rank"] > 1 and best["run"] != "optimized"
     assert rep["verdict"].startswith(f"The recommended mixture does not beat every candidate: it ranks {rec['rank']}")
     assert best["run"] in rep["verdict"] and f"{best['observed_average']:.4f}" in rep["verdict"]
-    assert rep["validation"]["average"]["relative_error_pct"] < -0.5  # the law under-predicts the shifted run
+    assert rep["confirmation"]["average"]["relative_error_pct"] < -0.5  # the law under-predicts the shifted run
     md = (tmp_path / "report.md").read_text()
     assert "same as x: trained once" in md
     dup = next(c for c in rep["candidates"] if c["name"] == "dup")

@@ -106,9 +106,9 @@ def test_entropy_report_streams_the_store(corpus, tmp_path):
 
 @pytest.mark.slow  # Generates and streams a 2 GiB corpus: tens of minutes on 2 cores.
 def test_streamed_preparation_memory_is_bounded_on_2gb(tmp_path):
-    from experiments import bench_store
+    from experiments import bench_data_lib
 
-    out = bench_store.measure(str(tmp_path), corpus_mb=2048, compare_mb=0)
+    out = bench_data_lib.measure(str(tmp_path), corpus_mb=2048, compare_mb=0)
     assert out["corpus_bytes"] >= 2 * 2**30
     # The child's peak RSS is the interpreter and libraries plus one batch and one record: far below the corpus.
     assert out["streamed"]["peak_rss_mb"] < 400, out

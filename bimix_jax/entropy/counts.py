@@ -348,7 +348,7 @@ def entropy_report(tokens: Mapping[str, Any], vocab_size: int,
         raise InputError(f"proxy={proxy!r} is unknown; choose one of {', '.join(PROXIES)}")
     if proxy == "vne" and documents is None:
         raise InputError("proxy=vne needs the documents of every domain; give documents or another proxy")
-    entropy_mixture({"_": 0.0}, temperature)  # Validates the temperature before the long part.
+    entropy_mixture({"_": 0.0}, temperature)  # Checks the temperature before the long part.
     domains = list(tokens)
     if documents is not None:
         missing = [d for d in domains if d not in documents]

@@ -182,7 +182,7 @@ class FittedLaw:
 
     @classmethod
     def from_json(cls, obj: Any, *, source: str = "<json>") -> FittedLaw:
-        """Parses and validates a fit file's content (wrong format, law version or shapes: InputError)."""
+        """Parses and checks a fit file's content (wrong format, law version or shapes: InputError)."""
         if not isinstance(obj, dict) or obj.get("format") != FIT_FILE_FORMAT:
             raise InputError(f"{source} is not a fitted-law file of this project; produce one with experiments.fit_law")
         try:

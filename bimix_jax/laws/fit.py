@@ -50,7 +50,7 @@ class Prepared:
 
 def prepare(table: LossTable, law: str, *, model_size: str | None = None,
             eval_domains: Sequence[str] | None = None, check: bool = True, **options: Any) -> Prepared:
-    """Validates the input and builds the law's fit problem (no fitting yet).
+    """Checks the input and builds the law's fit problem (no fitting yet).
 
     With check=False the per-domain identifiability checks (`FitProblem.check_rows`) are left to the caller.
     """

@@ -18,7 +18,7 @@ A run's rows are either all `fixed`, and then every row has the same proportions
 the realised share of each domain's training rows from the start up to that step, which may differ between
 rows. The mixing laws read both the same way: the proportions the model was trained on up to the step.
 
-A table is validated completely when it is built, so a malformed table is rejected (one-line
+A table is checked completely when it is built, so a malformed table is rejected (one-line
 `InputError` naming the row or run, the column and the fix) before any work starts. Writes are atomic
 (`bimix_jax.atomic`): a killed writer never leaves a partial row, and `append_rows` replaces rows with
 the same `(run, step, eval_domain)` key instead of duplicating them.

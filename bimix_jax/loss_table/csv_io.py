@@ -1,4 +1,4 @@
-"""Loss tables as CSV files: read (validated, with plausibility checks), written and appended atomically."""
+"""Loss tables as CSV files: read (checked, with plausibility checks), written and appended atomically."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from bimix_jax.loss_table.table import _FIX_TABLE, PROPORTION_PREFIX, LossTable
 
 
 def read_csv(path: str | os.PathLike, *, model_size: str | None = None, normalize: bool = False) -> LossTable:
-    """Reads and validates a loss table CSV; optionally keeps only one model size. `normalize` rescales each
+    """Reads and checks a loss table CSV; optionally keeps only one model size. `normalize` rescales each
     row's proportions to sum to 1 (for sources that rounded them)."""
     path = os.fspath(path)
     if os.path.isdir(path):

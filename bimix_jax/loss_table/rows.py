@@ -1,4 +1,4 @@
-"""Building a `LossTable` from rows (dicts of CSV fields or numbers), validated completely: every malformed
+"""Building a `LossTable` from rows (dicts of CSV fields or numbers), checked completely: every malformed
 row, column or run is rejected with one line naming it and the fix."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def from_rows(
     first_line: int | None = None,
     normalize: bool = False,
 ) -> LossTable:
-    """Builds and validates a table from dict rows keyed by CSV column names.
+    """Builds and checks a table from dict rows keyed by CSV column names.
 
     Args:
       rows: mappings with keys `run, step, eval_domain, loss, p_<domain>...` and optionally
@@ -206,7 +206,7 @@ def _check_consistency(t: LossTable, first_line: int | None) -> None:
 
 
 def concat(tables: Sequence[LossTable], *, source: str = "<concatenation>") -> LossTable:
-    """Concatenates tables with the same training domains (validated as one table)."""
+    """Concatenates tables with the same training domains (checked as one table)."""
     if not tables:
         raise InputError("no loss tables to combine; pass at least one")
     domains = tables[0].domains

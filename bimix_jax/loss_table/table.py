@@ -1,4 +1,4 @@
-"""The `LossTable` dataclass (validated columns as arrays), its selections and CSV rendering; the table's
+"""The `LossTable` dataclass (checked columns as arrays), its selections and CSV rendering; the table's
 column names and the domain-name rule (see the package docstring for the format)."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def check_domain_name(name: str, where: str) -> None:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LossTable:
-    """A validated loss table held as column arrays (N rows, D training domains)."""
+    """A checked loss table held as column arrays (N rows, D training domains)."""
 
     domains: tuple[str, ...]  # training domains, in `p_<domain>` column order
     run: np.ndarray  # [N] str

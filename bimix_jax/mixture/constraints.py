@@ -12,7 +12,7 @@ Every mixture the optimizer returns satisfies `lo_D <= r_D <= hi_D` and `sum(r_D
   `DEFAULT_MIN_FLOOR[law]` unless given, and user floors below it are raised to it.
 
 Infeasible combinations (floors summing above 1, caps summing below 1, a floor above its cap) are one-line
-`InputError`s naming the flags to change. Values are validated (finite, in range, known domain names).
+`InputError`s naming the flags to change. Values are checked (finite, in range, known domain names).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def check_values(
     high: float = math.inf,
     what: str = "domain",
 ) -> dict[str, float]:
-    """Validates `{domain: value}`: known names, finite numbers in [low, high]; returns a plain dict."""
+    """Checks `{domain: value}`: known names, finite numbers in [low, high]; returns a plain dict."""
     if not values:
         return {}
     out = {}

@@ -6,7 +6,9 @@ Users write one as text:
 * `uniform`: equal shares (`stratified` is accepted as another name for it, as the Aioli paper calls it);
 * `natural`: each domain's share of the training tokens;
 * any other name of `named` (the pipeline passes its entropy mixtures `se`, `ce`, `je`, `vne`);
-* `domain=weight,...`: domains not named get 0; weights must sum to 1 unless `normalize=True`.
+* `domain=weight,...`: domains not named get 0; weights must sum to 1 unless `normalize=True`;
+* a `.json` file: the optimizer's report or the pipeline's `mixture.json` (its `mixture`), or an exported
+  `weights.json` (`{domain: weight}`), so a recommended mixture goes back into training as it is.
 
 Every caller (configs, flags, loss tables, online methods, the pipeline, the comparison) goes through here, so a
 mixture means the same thing and fails with the same one-line `InputError` everywhere. This module imports only
@@ -29,7 +31,7 @@ UNIFORM, NATURAL = "uniform", "natural"
 KEYWORDS = (UNIFORM, NATURAL)
 # Older or other names accepted on input, with the one they stand for.
 ALIASES = {"stratified": UNIFORM}
-FORMS = "write it like 'code=0.3,prose=0.7', 'uniform' or 'natural'"
+FORMS = "write it like 'code=0.3,prose=0.7', 'uniform', 'natural' or a mixture .json file"
 
 
 _WARNED: set[tuple[str, str]] = set()
@@ -57,6 +59,8 @@ def parse(text: str, *, field: str = "mixture") -> str | dict[str, float]:
     text = str(text).strip()
     if not text:
         raise InputError(f"{field} is empty; {FORMS}")
+    if text.endswith(".json"):
+        return _from_file(text, field)
     if "=" not in text and "," not in text:
         if not text.replace("_", "").replace("-", "").replace(".", "").isalnum():
             raise InputError(f"{field}: {text!r} is not a mixture; {FORMS}")
@@ -74,6 +78,26 @@ def parse(text: str, *, field: str = "mixture") -> str | dict[str, float]:
         except ValueError:
             raise InputError(f"{field}: weight of {name!r} is {value.strip()!r}, not a number; {FORMS}") from None
     return out
+
+
+def _from_file(path: str, field: str) -> dict[str, float]:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"{field}: mixture file {path} does not exist; check the path") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{field}: mixture file {path} cannot be read ({e}); give a mixture.json or weights.json"
+                         ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("mixture"), dict):
+        obj = obj["mixture"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       for v in obj.values()):
+        raise InputError(f"{field}: {path} holds no mixture ({{domain: weight}}, or a report with a 'mixture'); "
+                         "give the optimizer's mixture.json or its exported weights.json")
+    return {str(k): float(v) for k, v in obj.items()}
 
 
 def check_weights(weights: Mapping[str, float], domains: Sequence[str], *, normalize: bool = False,

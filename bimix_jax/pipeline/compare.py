@@ -41,6 +41,7 @@ from bimix_jax.online import doremi
 from bimix_jax.online.schedule import realized_steps
 from bimix_jax.online.spec import OnlineSpec
 from bimix_jax.pipeline import compare_report, provenance, stages
+from bimix_jax.pipeline.spec import PipelineSpec
 from bimix_jax.train.log import LOSSES_FILE
 from bimix_jax.train.loop import RunResult, train_run
 from bimix_jax.train.segments import read_trajectory
@@ -51,19 +52,14 @@ LAW_METHODS = ("bimix", "dml")
 METHODS = STATIC + LAW_METHODS + ("doremi", "aioli", "aioli_restricted")
 CONFIG_FILE = "compare.json"
 CONFIG_FORMAT = "bimix_jax.compare_config"
-_RUN_SECTIONS = ("data", "model", "optim", "train", "online", "compare")
+_RUN_SECTIONS = ("data", "model", "optim", "train", "online", "compare", "pipeline")
 
 
 @dataclasses.dataclass(frozen=True)
 class CompareSpec:
     methods: tuple[str, ...] = METHODS
     seeds: tuple[int, ...] = (0, 1, 2)
-    fit_min_step: int = 60  # first checkpoint step the laws are fitted on
-    fit_n_starts: int = 4
-    min_floor: float = 0.01  # smallest proportion the law-optimised mixtures may give a domain
     restricted_fraction: float = 0.25  # restricted Aioli: prior runs' length and prior steps, fraction of budget
-    entropy_temperature: float = 1.0
-    vne_max_docs: int = 1000
 
     @classmethod
     def from_config(cls, section: Mapping) -> CompareSpec:
@@ -93,10 +89,6 @@ class CompareSpec:
                              "with it")
         if not 0 < spec.restricted_fraction < 1:
             raise InputError(f"compare.restricted_fraction={spec.restricted_fraction} must lie in (0, 1)")
-        if not 0 <= spec.min_floor < 0.2:
-            raise InputError(f"compare.min_floor={spec.min_floor} must lie in [0, 0.2)")
-        if spec.fit_n_starts < 1:
-            raise InputError("compare.fit_n_starts must be >= 1")
         if set(spec.methods) & set(LAW_METHODS) and len(set(spec.methods) & set(STATIC)) < 3:
             raise InputError("compare.methods: the law-based methods (bimix, dml) fit on the static methods' runs; "
                              "include at least 3 static methods")
@@ -162,10 +154,14 @@ def compare_methods(config: Mapping, workdir: str) -> dict:
     data_spec = DataSpec.from_config(cfg["data"])
     online = OnlineSpec.from_config(cfg.get("online"))
     cspec = CompareSpec.from_config(cfg.get("compare", {}))
+    if "pipeline" not in cfg:
+        raise InputError("config.pipeline is missing: the law-based and entropy methods fit and measure with the "
+                         "pipeline's settings; start from configs/compare_tiny.py")
+    laws = PipelineSpec.from_config(cfg["pipeline"])
     if online.feedback_tokens < 1:
         raise InputError("online.feedback_tokens must be >= 1 for a comparison (the online methods' feedback set)")
-    if cspec.fit_min_step >= run_spec.train.steps:
-        raise InputError(f"compare.fit_min_step={cspec.fit_min_step} must be below train.steps={run_spec.train.steps}")
+    if set(cspec.methods) & set(LAW_METHODS):
+        laws.check_fit_window(run_spec)
     workdir = os.path.abspath(workdir)
     _check_workdir(workdir, cfg)
     short = _short_spec(run_spec, cspec.restricted_fraction)
@@ -189,7 +185,7 @@ def compare_methods(config: Mapping, workdir: str) -> dict:
     short_budget = short.train.steps * run_spec.train.batch_size * run_spec.train.seq_len
     seeds, s0 = cspec.seeds, cspec.seeds[0]
 
-    named = _static_mixtures(prepared, cspec, store)
+    named = _static_mixtures(prepared, laws, store)
     results: dict[str, list[RunResult]] = {}
     mixtures: dict[str, list[float]] = {}
     compute: dict[str, dict[str, Any]] = {}
@@ -207,8 +203,8 @@ def compare_methods(config: Mapping, workdir: str) -> dict:
         table = loss_table.concat([loss_table.read_csv(os.path.join(results[n][0].workdir, LOSSES_FILE))
                                    for n in proxy_names], source="proxies")
         for law in sorted(need_proxies, key=METHODS.index):
-            out, _ = store.run(f"law_{law}", provenance.fingerprint(law, table.to_csv(), dataclasses.asdict(cspec)),
-                               lambda law=law: _law_mixture(law, table, cspec, T, tokens))
+            out, _ = store.run(f"law_{law}", provenance.fingerprint(law, table.to_csv(), _law_settings(laws)),
+                               lambda law=law: _law_mixture(law, table, laws, T, tokens))
             mixtures[law] = [out["mixture"][d] for d in tokens.domains]
             results[law] = [runs.run(law, s, proportions=np.asarray(mixtures[law])) for s in seeds]
             compute[law] = {"extra_train_tokens": len(proxy_names) * budget, "law": out,
@@ -272,13 +268,14 @@ def _online_compute(results: Sequence[RunResult], spec: RunSpec, feedback_tokens
             "feedback_eval_tokens": evals * feedback_tokens * D, "notes": "probe steps are part of the budget"}
 
 
-def _static_mixtures(prepared, cspec: CompareSpec, store: provenance.StageStore) -> dict[str, np.ndarray]:
+def _static_mixtures(prepared, laws: PipelineSpec, store: provenance.StageStore) -> dict[str, np.ndarray]:
     tokens = prepared.tokens
-    fp = provenance.fingerprint("entropy", tokens.fingerprint(), cspec.entropy_temperature, cspec.vne_max_docs)
+    fp = provenance.fingerprint("entropy", tokens.fingerprint(), laws.entropy_temperature, laws.vne_max_docs,
+                                laws.entropy_sequence_length)
 
     def compute():
-        _, named = stages.corpus_mixtures(prepared, temperature=cspec.entropy_temperature, sequence_length=0,
-                                          max_docs=cspec.vne_max_docs)
+        _, named = stages.corpus_mixtures(prepared, temperature=laws.entropy_temperature,
+                                          sequence_length=laws.entropy_sequence_length, max_docs=laws.vne_max_docs)
         return {m: named[m].tolist() for m in stages.ENTROPY_PROXIES}
 
     ent, _ = store.run("entropy", fp, compute)
@@ -286,17 +283,21 @@ def _static_mixtures(prepared, cspec: CompareSpec, store: provenance.StageStore)
     return {"uniform": fixed["uniform"], "natural": fixed["natural"], **{m: np.asarray(v) for m, v in ent.items()}}
 
 
-def _law_mixture(law: str, table: loss_table.LossTable, cspec: CompareSpec, steps: int, tokens) -> dict:
+def _law_settings(laws: PipelineSpec) -> dict:
+    return {k: getattr(laws, k) for k in ("fit_min_step", "fit_n_starts", "fit_loss", "fit_huber_delta", "min_floor")}
+
+
+def _law_mixture(law: str, table: loss_table.LossTable, laws: PipelineSpec, steps: int, tokens) -> dict:
     """The law's optimal mixture at `steps`: BiMix through the pipeline's fit and mixture stages, the Data Mixing
     Law (Ye et al.) through the same fitter and optimizer."""
-    rows = stages.fit_table(table, cspec.fit_min_step)
-    options = stages.fit_options(cspec.fit_n_starts, "l2", 0.05)
+    rows = stages.fit_table(table, laws.fit_min_step)
+    options = stages.fit_options(laws.fit_n_starts, laws.fit_loss, laws.fit_huber_delta)
     if law == "bimix":
-        fitted = FittedLaw.from_json(stages.fit_stage(table, min_step=cspec.fit_min_step, options=options,
+        fitted = FittedLaw.from_json(stages.fit_stage(table, min_step=laws.fit_min_step, options=options,
                                                       leave_one_out=False)["law"])
     else:
         fitted = fit_law(rows, "dml", **options)
-    bounds = constraints.make_bounds(tokens.domains, min_floor=cspec.min_floor,
+    bounds = constraints.make_bounds(tokens.domains, min_floor=laws.min_floor,
                                      domain_tokens=tokens.token_counts("train"))
     rep = stages.mixture_stage(fitted, rows, step=float(steps), weights=None, bounds=bounds, n_boot=0, seed=0)
     return {"mixture": rep["mixture"], "predicted_loss": rep.get("predicted_loss"), "warnings": rep.get("warnings"),

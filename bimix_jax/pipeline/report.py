@@ -1,7 +1,7 @@
 """The pipeline's report: `report.json` (every number), `report.md` (the same, readable) and PNG plots.
 
 Built from the stage outputs of `bimix_jax.pipeline.run` (loss tables, the fitted law, the optimizer's report,
-the validation), without training or fitting anything. Every number in `report.md` comes from
+the confirmation run), without training or fitting anything. Every number in `report.md` comes from
 `report.json`; timings and code provenance sit in its `timing` and `provenance` sections, apart from the
 results (so two invocations that computed the same thing have equal results).
 """
@@ -21,7 +21,7 @@ from bimix_jax.laws.base import FittedLaw
 from bimix_jax.loss_table import LossTable
 
 REPORT_FORMAT = "bimix_jax.pipeline_report"
-REPORT_VERSION = 2
+REPORT_VERSION = 3  # 3: 'confirmation' (was 'validation'), candidate 'natural' (was 'baseline')
 PLOTS = {"loss_curves": "loss curves of every run, per eval domain and averaged",
          "fit": "the fitted law (lines) against every run's checkpoints in the fit window (the recommended run was "
                 "not fitted), with the last-step test",
@@ -38,7 +38,7 @@ class ReportInputs:
     proxies: dict  # realized_shares per run, model_size, steps, tokens_per_run
     fit: dict  # stage output of analysis.fit_stage
     mixture: dict  # stage output of analysis.mixture_stage (the optimizer's report)
-    validation: dict  # stage output of analysis.validation_stage
+    confirmation: dict  # stage output of stages.confirm_stage
     table: LossTable  # every run's loss table
     fitted: FittedLaw
     timing: dict
@@ -80,7 +80,7 @@ def build(inp: ReportInputs) -> dict[str, Any]:
     law_domains = inp.fit["law"]["summary"].get("domains", {})
     mix = inp.mixture
     boot = mix.get("bootstrap")
-    val = inp.validation
+    val = inp.confirmation
     runs = val["runs"]
     comparison = [{"run": n, "is_recommended": n == val["recommended"], "rank": runs[n]["rank"],
                    "observed_average": runs[n]["observed_average"], "observed_mean": runs[n]["observed_mean"],
@@ -111,7 +111,7 @@ def build(inp: ReportInputs) -> dict[str, Any]:
             "predicted_loss": mix["predicted_loss"], "predicted_gain": mix["gain"], "binding": mix["binding"],
             "epochs": mix.get("epochs"), "warnings": mix["warnings"], "solver": mix["solver"],
             "realized_shares": shares.get(val["recommended"])},
-        "validation": {
+        "confirmation": {
             "last_step": val["last_step"],
             "at_last_step": val["prediction_error_at_last_step"],
             "average": {"predicted": rec["predicted_average"], "observed": rec["observed_average"],
@@ -224,7 +224,7 @@ def markdown(rep: Mapping[str, Any], data_table: str) -> str:
             lines += ["", f"Over the {s['scored']} scored runs: mean R^2 {_fmt(s['mean_r2_log'])}, worst "
                       f"{_fmt(s['worst_r2_log'])}; mean MRE {_fmt(s['mean_mre_pct'], '.3f')}%, worst point "
                       f"{_fmt(s['max_re_pct'], '.3f')}%."]
-    lines += _recommended_md(rep, domains) + _validation_md(rep)
+    lines += _recommended_md(rep, domains) + _confirmation_md(rep)
     lines += ["", "## Plots", ""] + [f"![{text}]({rep['plots'][n]})  \n*{text}*\n" for n, text in PLOTS.items()]
     settings = ", ".join(f"{k}={v!r}" for k, v in c["pipeline"].items())
     lines += ["## Reproduce", "", f"Config: `pipeline.json`, also under `config` in `report.json` (pipeline section: "
@@ -261,8 +261,8 @@ def _recommended_md(rep: Mapping[str, Any], domains: list[str]) -> list[str]:
     return lines
 
 
-def _validation_md(rep: Mapping[str, Any]) -> list[str]:
-    val = rep["validation"]
+def _confirmation_md(rep: Mapping[str, Any]) -> list[str]:
+    val = rep["confirmation"]
     lines = ["", "## Predicted vs observed: the recommended run", "",
              f"At the last step ({val['last_step']:g}):", ""]
     rows = [[e, f"{v['predicted']:.4f}", f"{v['observed']:.4f}", f"{v['relative_error_pct']:+.2f}"]
@@ -297,7 +297,7 @@ def figures(inp: ReportInputs) -> dict[str, bytes]:
     for run, v in inp.fit["leave_one_out"].items():
         if "points" in v:
             groups[f"{run} left out"] = (v["points"]["observed"], v["points"]["predicted"])
-    pts = inp.validation["points"]
+    pts = inp.confirmation["points"]
     in_window = np.asarray(pts["step"]) >= inp.fit["min_step"]
     groups["recommended run"] = (np.asarray(pts["observed"])[in_window], np.asarray(pts["predicted"])[in_window])
     mixtures = {c["name"]: c["mixture"] for c in inp.candidates["candidates"] if c["duplicate_of"] is None}

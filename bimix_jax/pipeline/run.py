@@ -10,7 +10,7 @@
 5. `stages/mixture.json`, `mixture.json`, `mixture_exports/`: the best mixture under the law and its
    bootstrap interval;
 6. `runs/optimized/`: a run on that mixture;
-7. `stages/validation.json`: predicted vs observed for it, and every run's observed average loss;
+7. `stages/confirm.json`: predicted vs observed for it (the confirmation run), and every run's observed average loss;
 8. `report.md`, `report.json`, `plots/*.png` (`bimix_jax.pipeline.report`); `losses_candidates.csv`
    (the fit data), `losses.csv` (every run), `pipeline.json` (the config), `provenance.json` (code).
 
@@ -214,8 +214,8 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     all_table = loss_table.concat([*tables.values(), *noise_tables.values(), *rec_noise_tables.values()],
                                   source="losses.csv")
     atomic.write_text(os.path.join(workdir, "losses.csv"), all_table.to_csv())
-    fp_val = provenance.fingerprint("validation", fp_mix, provenance.sha256_bytes(all_table.to_csv().encode()))
-    val_out, _ = store.run("validation", fp_val, lambda: stages.validation_stage(
+    fp_val = provenance.fingerprint("confirm", fp_mix, provenance.sha256_bytes(all_table.to_csv().encode()))
+    val_out, _ = store.run("confirm", fp_val, lambda: stages.confirm_stage(
         fitted, tables, recommended=OPTIMIZED, last_step=float(t.steps), min_step=spec.fit_min_step,
         weights=mix_out["weights"], noise_tables=noise_tables, recommended_noise_tables=rec_noise_tables))
 
@@ -226,8 +226,8 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     if rec is None or not all(os.path.exists(p) for p in paths.values()):
         inputs = report.ReportInputs(
             config=cfg, spec=spec.to_dict(), data_table=describe(prepared.stats), candidates=cand_out,
-            proxies=proxies, fit=fit_out, mixture=mix_out, validation=val_out, table=all_table, fitted=fitted,
-            timing={name: _seconds(store, name) for name in ("candidates", "proxies", "fit", "mixture", "validation")},
+            proxies=proxies, fit=fit_out, mixture=mix_out, confirmation=val_out, table=all_table, fitted=fitted,
+            timing={name: _seconds(store, name) for name in ("candidates", "proxies", "fit", "mixture", "confirm")},
             provenance={"code": code, "invocations": history},
             files=_file_hashes(workdir, [*names, *noise, *rec_noise_tables]))
         rep_start = time.perf_counter()

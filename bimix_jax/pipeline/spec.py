@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bimix_jax import atomic
+from bimix_jax.data.spec import DataSpec
 from bimix_jax.errors import InputError
 from bimix_jax.laws.base import canonical_law_name
 from bimix_jax.mixture import constraints, proportions
@@ -211,7 +212,15 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _run_defining(config: Mapping) -> dict[str, Any]:
-    flat = _flatten(atomic.to_jsonable(config))
+    """The fields that decide the runs, with defaults filled in (so a field added to the configs with its default
+    does not make an existing workdir look like another config's)."""
+    config = atomic.to_jsonable(config)
+    flat = {}
+    if all(k in config for k in ("model", "optim", "train")):
+        flat.update(_flatten({"model": {}, "optim": {}, "train": {}, **RunSpec.from_config(config).to_dict()}))
+    if "data" in config:
+        flat.update(_flatten({"data": DataSpec.from_config(config["data"]).to_dict()}))
+    flat.update(_flatten({k: v for k, v in config.items() if k not in ("model", "optim", "train", "data")}))
     if isinstance(flat.get("pipeline.candidates"), str):  # a workdir written with older candidate names
         flat["pipeline.candidates"] = ",".join(canonical_candidates(flat["pipeline.candidates"]))
     free = {f"pipeline.{f.name}" for f in dataclasses.fields(PipelineSpec) if f.name not in RUN_FIELDS}

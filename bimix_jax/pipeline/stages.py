@@ -9,7 +9,7 @@
   run's whole curve in the fitted step range);
 * `mixture_stage`: the best mixture under the fitted law (`bimix_jax.mixture.optimize`) and its bootstrap
   interval over runs (`bimix_jax.mixture.uncertainty`);
-* `validation_stage`: the law's prediction for the recommended run against what it measured, and the
+* `confirm_stage`: the law's prediction for the recommended run (the confirmation run) against what it measured, and the
   observed average validation loss of every run side by side.
 """
 
@@ -166,7 +166,7 @@ def _observed_at(name: str, table: LossTable, last_step: float, weights: Mapping
     return observed
 
 
-def validation_stage(fitted: FittedLaw, tables: Mapping[str, LossTable], *, recommended: str, last_step: float,
+def confirm_stage(fitted: FittedLaw, tables: Mapping[str, LossTable], *, recommended: str, last_step: float,
                      min_step: float, weights: Mapping[str, float],
                      noise_tables: Mapping[str, LossTable] | None = None,
                      recommended_noise_tables: Mapping[str, LossTable] | None = None) -> dict:

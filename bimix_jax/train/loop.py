@@ -180,8 +180,8 @@ def train_run(
     Args:
       spec: the run spec (model, optimizer, training loop).
       tokens: the corpus; every domain is a training and an evaluation domain.
-      proportions_D: training mixture in `tokens.domains` order (validated, sums to 1); None with `method`.
-      workdir: the run's folder (created after every input has been validated).
+      proportions_D: training mixture in `tokens.domains` order (checked, sums to 1); None with `method`.
+      workdir: the run's folder (created after every input has been checked).
       run_name: the `run` column of the loss table.
       devices: data-parallel devices (default: all).
       extra_config: stored in `config.json` for reference (e.g. the full config); not compared.

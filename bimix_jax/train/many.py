@@ -92,7 +92,7 @@ def _unstack(state_K: TrainState) -> list[TrainState]:
 
 def _check_runs(spec: RunSpec, workdirs: Sequence[str], run_names: Sequence[str], seeds: Sequence[int] | None,
                 extra_configs: Sequence[dict] | None) -> list[RunSpec]:
-    """Validates the per-run arguments (before anything is written); returns each run's spec (its seed)."""
+    """Checks the per-run arguments (before anything is written); returns each run's spec (its seed)."""
     K = len(workdirs)
     if K < 1:
         raise InputError("train_runs needs at least one workdir; pass one per candidate mixture")
@@ -143,7 +143,7 @@ def train_runs(
         every run unless `seeds` is given.
       tokens: the corpus; every domain is a training and an evaluation domain.
       proportions_KxD: one training mixture per run, in `tokens.domains` order.
-      workdirs: one folder per run (each created after every input of every run has been validated).
+      workdirs: one folder per run (each created after every input of every run has been checked).
       run_names: the `run` column of each run's loss table (distinct).
       seeds: per-run seeds (model init and data stream); stored in each run's `config.json`.
       vmap: train the runs in one vmapped program (True) or one after another with `train_run`.

@@ -22,7 +22,7 @@ import optax
 
 from bimix_jax.data import sampler
 from bimix_jax.errors import InputError
-from bimix_jax.validate import in_range
+from bimix_jax.checks import in_range
 from bimix_jax.model import DecoderConfig, init_params, token_losses
 
 SCHEDULES = ("cosine", "exponential", "constant")
@@ -104,7 +104,7 @@ class RunSpec:
             raise InputError("optim.grad_clip and optim.weight_decay must be >= 0")
         for name, lo, hi, lo_open, hi_open in OPTIM_RANGES:
             in_range(f"optim.{name}", getattr(o, name), low=lo, high=hi, low_open=lo_open, high_open=hi_open)
-        self.model.decoder(64, t.seq_len)  # Validates the model dimensions.
+        self.model.decoder(64, t.seq_len)  # Checks the model dimensions.
 
     @classmethod
     def from_config(cls, config: Mapping) -> RunSpec:

@@ -1,4 +1,5 @@
-"""Peak memory and throughput of the streamed token store against the in-memory `prepare_data` (for bench_data)."""
+"""Helpers of `bench_data` (not a binary): a generated jsonl corpus, and the peak memory and throughput of the
+streamed token store against the in-memory `prepare_data`."""
 
 from __future__ import annotations
 

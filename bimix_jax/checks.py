@@ -1,6 +1,6 @@
 """Checks of user-given values shared by binaries and library: output paths and numeric ranges.
 
-Each check raises one-line `InputError`s naming the field and the fix, so a caller can validate every
+Each check raises one-line `InputError`s naming the field and the fix, so a caller can check every
 output path and setting before any work starts (nothing is written on bad input).
 """
 
