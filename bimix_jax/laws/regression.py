@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bimix_jax.errors import InputError
+from bimix_jax.mixture import proportions
 from bimix_jax.laws.base import FittedLaw, Law, register
 
 LS_GRID = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5)
@@ -169,9 +170,7 @@ def regmix_optimize(loss_fn: Callable[[jax.Array], jax.Array], prior_D: np.ndarr
                     ) -> tuple[np.ndarray, dict]:
     """RegMix's search: Dirichlet samples around `prior_D` (the token distribution) at several concentration
     scales, `loss_fn` [M, D] -> [M] predicted target loss, the mean of the `top_k` lowest. Returns (r_D, info)."""
-    prior = np.asarray(prior_D, float)
-    if prior.ndim != 1 or np.any(prior < 0) or not np.isclose(prior.sum(), 1.0):
-        raise InputError("the RegMix prior must be proportions that sum to 1")
+    prior = proportions.check_array(prior_D, np.size(prior_D), field="the RegMix prior")
     rng = np.random.default_rng(seed)
     alpha = np.maximum(prior, 1e-3) * len(prior)
     per = -(-n_samples // len(scales))
