@@ -7,24 +7,33 @@ logits tied to the input embedding. Parameters are float32; `dtype` sets the com
 
 Every parameter carries logical axis names (`nn.with_partitioning`: vocab, embed, heads, kv, mlp) that
 `bimix_jax.train.sharding` maps onto a device mesh; `init_params` returns plain arrays. `remat=True`
-recomputes each block's activations in the backward pass; `attention='auto'` uses
-`jax.nn.dot_product_attention` (cuDNN flash attention on GPU) off CPU and the einsum path on CPU.
+recomputes each block's activations in the backward pass.
+
+Attention (`attention=`): `einsum` (written out, `causal_attention`), `xla`
+(`jax.nn.dot_product_attention(implementation='xla')`, which materialises the scores), `cudnn` (cuDNN flash
+attention: O(S) memory per head) or `auto`: cuDNN on a GPU when its constraints hold (bfloat16, head width a
+multiple of 8 and at most 128, or 256 from compute capability 9.0, and a trial compilation succeeds), else
+XLA with the reason logged; XLA on TPU; einsum on CPU. `attention_choice` says which path a config takes;
+the memory estimate (`bimix_jax.train.memory`) follows it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from bimix_jax.errors import InputError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-ATTENTION = ("auto", "einsum", "dot_product")
+ATTENTION = ("auto", "einsum", "xla", "cudnn")
+ATTENTION_ALIASES = {"dot_product": "xla"}  # the older name of the XLA path, read as it
 
 
 def _init(init, *axes: str | None):
@@ -32,13 +41,110 @@ def _init(init, *axes: str | None):
     return nn.with_partitioning(init, axes)
 
 
+@dataclasses.dataclass(frozen=True)
+class AttentionChoice:
+    """The attention path a model runs, and why."""
+
+    impl: str  # einsum | xla | cudnn
+    reason: str
+
+    @property
+    def flash(self) -> bool:
+        """True when attention keeps O(S) memory per head (cuDNN); the other paths keep the S x S scores."""
+        return self.impl == "cudnn"
+
+
+def _capability(compute_capability: str | None) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(x) for x in str(compute_capability).split("."))
+    except ValueError:
+        return None
+
+
+def cudnn_unsupported(dtype: str, head_dim: int, platform: str, compute_capability: str | None = None) -> str | None:
+    """Why cuDNN flash attention cannot run here (None when its documented constraints hold)."""
+    if platform != "gpu":
+        return f"cuDNN flash attention needs a CUDA GPU, the devices are {platform}"
+    if dtype not in ("bfloat16", "float16"):
+        return f"model.dtype={dtype}: cuDNN flash attention needs bfloat16"
+    cc = _capability(compute_capability)
+    if cc is not None and cc < (8, 0):
+        return f"compute capability {compute_capability} is below 8.0 (Ampere), which cuDNN flash attention needs"
+    head_max = 256 if cc is not None and cc >= (9, 0) else 128
+    if head_dim % 8 or head_dim > head_max:
+        return f"head width D/H={head_dim} must be a multiple of 8 and at most {head_max} for cuDNN"
+    return None
+
+
+def choose_attention(requested: str, *, dtype: str, head_dim: int, platform: str,
+                     compute_capability: str | None = None, probe=None) -> AttentionChoice:
+    """The path for `model.attention=requested` on `platform` ('cpu', 'gpu', 'tpu').
+
+    `probe()` (GPU only) returns None when cuDNN attention compiles for the model's shapes, else the reason;
+    without it the documented constraints decide. An explicit 'cudnn' that cannot run is an `InputError`.
+    """
+    requested = ATTENTION_ALIASES.get(requested, requested)
+    if requested in ("einsum", "xla"):
+        return AttentionChoice(requested, f"model.attention={requested}")
+    why = cudnn_unsupported(dtype, head_dim, platform, compute_capability)
+    if why is None and probe is not None:
+        why = probe()
+    if requested == "cudnn":
+        if why:
+            raise InputError(f"model.attention='cudnn' cannot run: {why}; set model.attention=auto")
+        return AttentionChoice("cudnn", "model.attention=cudnn")
+    if why is None:
+        return AttentionChoice("cudnn", f"auto: cuDNN flash attention ({dtype}, head width {head_dim})")
+    if platform == "cpu":
+        return AttentionChoice("einsum", "auto on CPU: the einsum path (its gradient compiles faster on XLA:CPU)")
+    if platform == "gpu":
+        return AttentionChoice("xla", f"auto on GPU fell back to XLA attention: {why}")
+    return AttentionChoice("xla", f"auto on {platform}: jax.nn.dot_product_attention, XLA implementation")
+
+
+def _cudnn_probe(seq_len: int, heads: int, head_dim: int, dtype: str) -> str | None:
+    """None when cuDNN causal attention and its gradient compile for [1, seq_len, heads, head_dim]; else why not."""
+    x = jax.ShapeDtypeStruct((1, seq_len, heads, head_dim), DTYPES[dtype])
+
+    def loss(q, k, v):
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+        return jnp.sum(out.astype(jnp.float32))
+
+    try:
+        jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile()
+    except Exception as e:  # noqa: BLE001 - any failure means: fall back, and say why
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        return f"cuDNN attention did not compile ({type(e).__name__}: {lines[0][:200] if lines else ''})"
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(requested: str, dtype: str, head_dim: int, heads: int, seq_len: int) -> AttentionChoice:
+    platform = jax.default_backend()
+    capability = getattr(jax.local_devices()[0], "compute_capability", None) if platform == "gpu" else None
+    probe = functools.partial(_cudnn_probe, seq_len, heads, head_dim, dtype) if platform == "gpu" else None
+    choice = choose_attention(requested, dtype=dtype, head_dim=head_dim, platform=platform,
+                              compute_capability=capability, probe=probe)
+    log = logging.warning if platform == "gpu" and not choice.flash else logging.info
+    log("attention: %s (%s)", choice.impl, choice.reason)
+    return choice
+
+
+def attention_choice(cfg: "DecoderConfig", platform: str | None = None,
+                     compute_capability: str | None = None) -> AttentionChoice:
+    """The attention path `cfg` runs on `platform` (default: JAX's default backend, where a GPU is probed once
+    and the choice logged); on another platform the documented constraints decide (for estimates)."""
+    if platform is None or platform == jax.default_backend():
+        return _resolved(cfg.attention, cfg.dtype, cfg.K, cfg.H, cfg.max_len)
+    return choose_attention(cfg.attention, dtype=cfg.dtype, head_dim=cfg.K, platform=platform,
+                            compute_capability=compute_capability)
+
+
 def _attend(cfg: "DecoderConfig", q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array) -> jax.Array:
-    kind = cfg.attention
-    if kind == "auto":
-        kind = "einsum" if jax.default_backend() == "cpu" else "dot_product"
-    if kind == "einsum":
+    impl = attention_choice(cfg).impl
+    if impl == "einsum":
         return causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
-    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True)
+    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True, implementation=impl)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +160,7 @@ class DecoderConfig:
     dtype: str = "float32"  # compute dtype: float32 or bfloat16
     rope_base: float = 10_000.0
     remat: bool = False  # recompute block activations in the backward pass (memory for compute)
-    attention: str = "auto"  # auto | einsum | dot_product
+    attention: str = "auto"  # auto | einsum | xla | cudnn (see the module docstring)
 
     def __post_init__(self):
         for name in ("D", "H", "L", "F", "V", "max_len"):
@@ -67,7 +173,7 @@ class DecoderConfig:
             )
         if self.dtype not in DTYPES:
             raise InputError(f"model.dtype={self.dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
-        if self.attention not in ATTENTION:
+        if self.attention not in ATTENTION and self.attention not in ATTENTION_ALIASES:
             raise InputError(f"model.attention={self.attention!r} is unknown; choose one of {', '.join(ATTENTION)}")
 
     @property
@@ -80,6 +186,17 @@ class DecoderConfig:
         per_block = 4 * D * D + 2 * D * F + F + D + 2 * D  # attn (qkv + out), MLP (+biases), 2 norms
         non_embedding = L * per_block + D  # + final norm
         return non_embedding + V * D, non_embedding
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Model FLOPs of one training token (forward + backward), PaLM's convention: 6 (N + V D) + 12 L S D.
+
+        N is the non-embedding parameter count; V D is the tied output projection (a matmul; the input
+        lookup is a gather and is not counted); 12 L S D is attention's scores and weighted values over the
+        full S x S square (causal masking not discounted). Remat's recomputation is not counted: these are
+        model FLOPs, not hardware FLOPs.
+        """
+        _, non_embedding = self.num_params()
+        return 6 * (non_embedding + self.V * self.D) + 12 * self.L * seq_len * self.D
 
 
 def format_size(n: int) -> str:

@@ -1,4 +1,4 @@
-"""The decoder: shapes, exact causality, parameter counts."""
+"""The decoder: shapes, exact causality, parameter counts, FLOPs per token, the attention path chosen."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +7,8 @@ import pytest
 
 from bimix_jax import loss_table
 from bimix_jax.errors import InputError
-from bimix_jax.model import (Decoder, DecoderConfig, causal_attention, format_size, init_params, param_count,
-                             token_losses)
+from bimix_jax.model import (Decoder, DecoderConfig, attention_choice, causal_attention, choose_attention,
+                             format_size, init_params, param_count, token_losses)
 
 CFG = DecoderConfig(D=32, H=4, L=2, F=64, V=97, max_len=32)
 
@@ -83,3 +83,48 @@ def test_attention_and_loss_equal_their_textbook_forms(params):
     logits_BxLxV = Decoder(CFG).apply({"params": params}, x_BxS[:, :-1])
     ref_BxL = -jnp.take_along_axis(jax.nn.log_softmax(logits_BxLxV), x_BxS[:, 1:, None], axis=-1)[..., 0]
     np.testing.assert_allclose(token_losses(CFG, params, x_BxS), ref_BxL, rtol=1e-6)
+
+
+def test_flops_per_token_by_hand():
+    """6 (N + V D) + 12 L S D: the proxy (12 x 768, F 3072, V 32768) at S = 1024 is 774.24 MFLOPs per token."""
+    cfg = DecoderConfig(D=768, H=12, L=12, F=3072, V=32768, max_len=1024)
+    n = 12 * (4 * 768 * 768 + 2 * 768 * 3072 + 3072 + 768 + 2 * 768) + 768
+    assert cfg.num_params()[1] == n
+    assert cfg.flops_per_token(1024) == 6 * (n + 32768 * 768) + 12 * 12 * 1024 * 768 == 774_240_768
+
+
+def _choose(requested, dtype="bfloat16", head_dim=64, platform="gpu", cc="9.0", probe=None):
+    return choose_attention(requested, dtype=dtype, head_dim=head_dim, platform=platform, compute_capability=cc,
+                            probe=probe)
+
+
+def test_attention_choice_rules():
+    assert _choose("auto").impl == "cudnn"
+    assert _choose("auto", platform="cpu").impl == "einsum"
+    assert _choose("auto", platform="tpu").impl == "xla"
+    assert _choose("dot_product", platform="tpu").impl == "xla"  # the older name of the XLA path
+    # Fallbacks on a GPU, each with its reason.
+    for kw, why in [({"dtype": "float32"}, "model.dtype=float32"), ({"head_dim": 12}, "multiple of 8"),
+                    ({"head_dim": 192, "cc": "8.0"}, "at most 128"), ({"cc": "7.0"}, "below 8.0"),
+                    ({"probe": lambda: "cuDNN attention did not compile (x)"}, "did not compile")]:
+        choice = _choose("auto", **kw)
+        assert choice.impl == "xla" and why in choice.reason and "fell back" in choice.reason, (kw, choice)
+    assert _choose("auto", head_dim=192, cc="9.0").impl == "cudnn"  # Hopper: head width up to 256
+    assert _choose("xla").impl == "xla" and _choose("einsum").impl == "einsum"
+    with pytest.raises(InputError, match="model.attention='cudnn' cannot run: .*CUDA GPU"):
+        _choose("cudnn", platform="cpu")
+    with pytest.raises(InputError, match="model.attention='zz'"):
+        DecoderConfig(D=32, H=4, L=1, F=8, V=10, max_len=8, attention="zz")
+
+
+def test_every_path_computes_the_same_logits(params):
+    """The XLA path and the einsum path agree; on CPU 'auto' is the einsum path and 'cudnn' is refused."""
+    import dataclasses
+
+    tokens_2x16 = jax.random.randint(jax.random.key(8), (2, 16), 0, CFG.V)
+    assert attention_choice(CFG).impl == "einsum"
+    out = {a: jax.jit(Decoder(dataclasses.replace(CFG, attention=a)).apply)({"params": params}, tokens_2x16)
+           for a in ("einsum", "xla")}
+    np.testing.assert_allclose(out["xla"], out["einsum"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="model.attention='cudnn'"):
+        Decoder(dataclasses.replace(CFG, attention="cudnn")).apply({"params": params}, tokens_2x16)

@@ -1,9 +1,12 @@
 """FSDP on 8 CPU devices (in a subprocess, so the device count never leaks into other tests).
 
-Checks: the state is created sharded (each device holds a fraction); two FSDP train steps on a
-(data=2, fsdp=4) mesh equal two single-device steps within 5e-5 (parameters, max abs; under 2% of one Adam update at lr 3e-3) and 1e-5 (loss,
-relative); a checkpoint saved from 8 devices restores on 1 device and back onto 8, bit-exact. And (in
-process, one device) remat changes memory, not gradients.
+Checks: the state is created sharded (every device holds the shard shape its spec says); two FSDP train
+steps on a (data=2, fsdp=4) mesh equal two single-device steps within 5e-5 (parameters, max abs; under 2% of
+one Adam update at lr 3e-3), 1e-5 (loss, relative) and 1e-5 (global gradient norm before clipping, relative:
+clipping and AdamW are blind to a uniform gradient scale, the norm is not); a checkpoint saved from 8 devices
+restores on 1 device and back onto 8, bit-exact; the trainer's own programs place large leaves in 1/8 slices
+and small ones whole, as the memory estimate counts them. And (in process, one device) remat changes memory,
+not gradients.
 """
 
 import os
@@ -42,9 +45,16 @@ def _main(workdir: str) -> None:
     shard = sharding.state_sharding(cfg, abstract, mesh)
     state8 = sharding.init_sharded(init, key, shard)
     emb = state8.params["embed"]["embedding"]
-    assert emb.sharding.spec == P(None, "fsdp") and emb.addressable_shards[0].data.shape == (256, 16)
-    mu = state8.opt_state[1][0].mu["embed"]["embedding"]
-    assert mu.sharding.spec == P(None, "fsdp")
+    assert emb.sharding.spec == P(None, "fsdp")
+    # Every device holds exactly its shard: D = 64 split 4 ways over fsdp (replicated over data).
+    blk = state8.params["block0"]
+    for leaf, want in [(emb, (256, 16)), (blk["attn"]["qkv"]["kernel"], (16, 3, 4, 16)),
+                        (blk["attn"]["out"]["kernel"], (4, 16, 16)), (blk["mlp"]["up"]["kernel"], (16, 128)),
+                        (blk["mlp"]["up"]["bias"], (128,)), (blk["mlp"]["down"]["kernel"], (128, 16)),
+                        (blk["norm1"]["scale"], (16,)), (state8.opt_state[1][0].mu["embed"]["embedding"], (256, 16)),
+                        (state8.opt_state[1][0].nu["block0"]["mlp"]["up"]["kernel"], (16, 128))]:
+        assert len(leaf.addressable_shards) == 8
+        assert all(x.data.shape == want for x in leaf.addressable_shards), (leaf.shape, leaf.sharding.spec, want)
     total = sum(x.nbytes for x in jax.tree_util.tree_leaves(state8))
     assert sharding.bytes_per_device(state8) < 0.35 * total, (sharding.bytes_per_device(state8), total)
 
@@ -59,6 +69,9 @@ def _main(workdir: str) -> None:
         state8, m8 = step8(state8, data8, key, jnp.int32(s), r_D)
         state1, m1 = step1(state1, data1, key, jnp.int32(s), r_D)
         np.testing.assert_allclose(float(m8["loss"]), float(m1["loss"]), rtol=1e-5)
+        # The gradient itself, before clipping: a wrong scale (summed instead of averaged over devices) shows here.
+        np.testing.assert_allclose(float(m8["grad_norm"]), float(m1["grad_norm"]), rtol=1e-5)
+        print(f"step {s}: grad_norm 8 devices {float(m8['grad_norm']):.7g}, 1 device {float(m1['grad_norm']):.7g}")
     diff = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(np.asarray(a) - np.asarray(b)))),
                                   state8.params, state1.params)
     worst = max(jax.tree_util.tree_leaves(diff))
@@ -94,6 +107,18 @@ def _main(workdir: str) -> None:
     assert tsh.params["embed"]["embedding"].spec == P(None, "data")
     assert tsh.params["block0"]["mlp"]["up"]["kernel"].spec == P("data", None)
     assert tsh.params["block0"]["norm1"]["scale"].spec == P()
+    # The trainer's programs create exactly these per-device shards.
+    from bimix_jax.train.loop import _mesh, compiled_programs
+    big_state = compiled_programs(cfg_b, big, _mesh(None, big), 2).init(key)
+    p = big_state.params
+    for leaf, want in [(p["embed"]["embedding"], (1024, 64)), (p["block0"]["mlp"]["up"]["kernel"], (64, 1024)),
+                        (p["block0"]["attn"]["qkv"]["kernel"], (64, 3, 8, 64)),
+                        (big_state.opt_state[1][0].mu["block0"]["mlp"]["down"]["kernel"], (1024, 64)),
+                        (p["block0"]["norm1"]["scale"], (512,)), (p["block0"]["mlp"]["up"]["bias"], (1024,))]:
+        assert len(leaf.addressable_shards) == 8
+        assert all(x.data.shape == want for x in leaf.addressable_shards), (leaf.shape, leaf.sharding.spec, want)
+    # The memory estimate's parameter bytes are what one device holds.
+    assert sharding.trainer_param_bytes_per_device(cfg_b, 8) == sharding.bytes_per_device(p)
     print("ok")
 
 

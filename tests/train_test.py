@@ -199,13 +199,16 @@ _DATA_PARALLEL = textwrap.dedent("""
     from bimix_jax.train.many import train_runs
     assert len(jax.devices()) == 8, jax.devices()
     run = train_run(SPEC, synthetic_tokens(), MIX, os.path.join(sys.argv[2], "eight"), run_name="r1")
-    assert len(run.state.params["embed"]["embedding"].sharding.device_set) == 8
+    def whole_on_8(state):  # Every leaf is below 2^18 elements: each of the 8 devices holds all of it.
+        return all(len(x.addressable_shards) == 8 and all(s.data.shape == x.shape for s in x.addressable_shards)
+                   for x in jax.tree_util.tree_leaves(state))
+    assert len(run.state.params["embed"]["embedding"].sharding.device_set) == 8 and whole_on_8(run.state)
     np.savez(os.path.join(sys.argv[2], "state.npz"), *map(np.asarray, jax.tree_util.tree_leaves(run.state)))
     # Two runs in one vmapped step, each run's batch rows sharded over the 8 devices; run r1 is the run above.
     group = train_runs(SPEC, synthetic_tokens(), np.array([MIX, [0.0, 0.25, 0.75]]),
                        [os.path.join(sys.argv[2], "group", n) for n in ("r1", "r2")], run_names=["r1", "r2"],
                        seeds=[0, 1])
-    assert len(group[0].state.params["embed"]["embedding"].sharding.device_set) == 8
+    assert len(group[0].state.params["embed"]["embedding"].sharding.device_set) == 8 and whole_on_8(group[0].state)
     np.savez(os.path.join(sys.argv[2], "group.npz"), *map(np.asarray, jax.tree_util.tree_leaves(group[0].state)))
 """)
 

@@ -12,7 +12,7 @@ on one device.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -44,7 +44,9 @@ def param_axes(cfg: DecoderConfig) -> Any:
     return jax.tree_util.tree_map(lambda b: tuple(b.names), boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
-def _spec(shape: tuple[int, ...], names: tuple[str | None, ...], mesh: Mesh, fsdp_axis: str, min_size: int) -> P:
+def _spec(shape: tuple[int, ...], names: tuple[str | None, ...], mesh_shape: Mapping[str, int], fsdp_axis: str,
+          min_size: int) -> P:
+    """The partition spec of one leaf on a mesh of these axis sizes (only the sizes matter, not the devices)."""
     if int(np.prod(shape, dtype=np.int64)) < min_size:
         return P()
     out, used = [], set()
@@ -52,7 +54,7 @@ def _spec(shape: tuple[int, ...], names: tuple[str | None, ...], mesh: Mesh, fsd
         axis = RULES.get(name) if name else None
         if axis == "fsdp":
             axis = fsdp_axis
-        if axis is None or axis not in mesh.shape or axis in used or dim % mesh.shape[axis] or mesh.shape[axis] == 1:
+        if axis is None or axis not in mesh_shape or axis in used or dim % mesh_shape[axis] or mesh_shape[axis] == 1:
             out.append(None)
         else:
             out.append(axis)
@@ -65,7 +67,7 @@ def params_sharding(cfg: DecoderConfig, abstract_params: Any, mesh: Mesh, *, fsd
     """A NamedSharding for every parameter (same tree as the parameters)."""
     axes = param_axes(cfg)
     return jax.tree_util.tree_map(
-        lambda x, names: NamedSharding(mesh, _spec(x.shape, names, mesh, fsdp_axis, min_size)),
+        lambda x, names: NamedSharding(mesh, _spec(x.shape, names, mesh.shape, fsdp_axis, min_size)),
         abstract_params, axes, is_leaf=lambda x: isinstance(x, tuple))
 
 
@@ -96,6 +98,24 @@ def trainer_state_sharding(cfg: DecoderConfig, init: Callable[[jax.Array], Any],
     """
     abstract = jax.eval_shape(init, jax.random.key(0))
     return state_sharding(cfg, abstract, mesh, fsdp_axis=mesh.axis_names[0], min_size=FSDP_MIN_SIZE)
+
+
+def trainer_param_bytes_per_device(cfg: DecoderConfig, devices: int, *, min_size: int = FSDP_MIN_SIZE) -> int:
+    """float32 parameter bytes one device holds under the trainer's rules on `devices` devices (no devices needed).
+
+    The same placement as `trainer_state_sharding` on a ("data",) mesh of that size: a leaf of at least
+    `min_size` elements is split over the devices along its `embed` dimension when the device count divides
+    it; every other leaf is whole on every device. Adam moments and gradients follow the parameters.
+    """
+    axes = param_axes(cfg)
+    abstract = jax.eval_shape(lambda: nn.meta.unbox(init_boxed_params(cfg, jax.random.key(0))))
+    total = 0
+    for x, names in zip(jax.tree_util.tree_leaves(abstract),
+                        jax.tree_util.tree_leaves(axes, is_leaf=lambda n: isinstance(n, tuple))):
+        spec = _spec(x.shape, names, {"data": devices}, "data", min_size)
+        split = devices if any(a is not None for a in spec) else 1
+        total += int(np.prod(x.shape, dtype=np.int64)) * x.dtype.itemsize // split
+    return total
 
 
 def init_sharded(init: Callable[[jax.Array], Any], key: jax.Array, sharding: Any) -> Any:
