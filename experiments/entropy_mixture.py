@@ -1,12 +1,14 @@
-"""Training-free mixtures from entropy proxies (BiMix Eq. 12-13): SE, CE, JE over tokens, VNE over documents.
+r"""Training-free mixtures from entropy proxies (BiMix Eq. 12-13): SE, CE, JE over tokens, VNE over documents.
 
     python -m experiments.entropy_mixture --config=configs/tiny.py --workdir=workdirs/tiny
-    python -m experiments.entropy_mixture --config=configs/tiny.py --workdir=... --proxy=vne --temperature=2
+    python -m experiments.entropy_mixture --config=configs/tiny.py --workdir=workdirs/tiny --proxy=vne --temperature=2
+    python -m experiments.entropy_mixture --config=configs/proxy.py --config.data.source=store \
+        --config.data.path=/data/store --workdir=workdirs/store_entropy
 
-Prepares the data in `<workdir>/data/` (or reuses it), measures every domain's training split and writes
-`<workdir>/entropy_mixture.json` (or `--out`): per-domain entropies (nats) and token counts, the four
-mixtures, the chosen proxy's mixture and the consistency constant ln r_JE - ln r_SE - ln r_CE. Bad
-input is one line on stderr and exit code 2, with nothing written.
+Prepares the data in `<workdir>/data/` (or reuses it; a token store is streamed, never loaded), measures every
+domain's training split and writes `<workdir>/entropy_mixture.json` (or `--out`): per-domain entropies (nats) and
+token counts, the four mixtures, the chosen proxy's mixture and the consistency constant
+ln r_JE - ln r_SE - ln r_CE. Bad input is one line on stderr and exit code 2, with nothing written.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: Sequence[str]) -> None:
     del argv
     from bimix_jax import atomic, checks
-    from bimix_jax.data.prepare import prepare_data
+    from bimix_jax.data.source import open_data
     from bimix_jax.data.spec import DataSpec
     from bimix_jax.errors import InputError
     from bimix_jax.entropy import counts as entropy_counts
@@ -51,14 +53,13 @@ def main(argv: Sequence[str]) -> None:
     checks.output_dir("--workdir", _WORKDIR.value)
     out = _OUT.value or os.path.join(_WORKDIR.value, "entropy_mixture.json")
     checks.output_file("--out", out)
-    data = prepare_data(spec, _WORKDIR.value)
-    toks = data.tokens
+    data = open_data(spec, _WORKDIR.value)  # in memory (prepared in the workdir), or a token store streamed
     report = entropy_counts.entropy_report(
-        {d: toks.train[d] for d in toks.domains}, toks.vocab_size,
-        {d: data.corpus.documents(d, "train") for d in toks.domains}, proxy=_PROXY.value,
-        temperature=_TEMPERATURE.value, sequence_length=_SEQUENCE_LENGTH.value, max_docs=_MAX_DOCS.value,
-        embed_config=EmbedConfig(seed=spec.seed))
-    report["data"] = {"split": "train", "tokens_fingerprint": toks.fingerprint(), "eos_id": toks.eos_id,
+        data.entropy_streams(), data.vocab_size,
+        {d: data.documents(d, "train", max_docs=_MAX_DOCS.value, seed=spec.seed) for d in data.domains},
+        proxy=_PROXY.value, temperature=_TEMPERATURE.value, sequence_length=_SEQUENCE_LENGTH.value,
+        max_docs=_MAX_DOCS.value, embed_config=EmbedConfig(seed=spec.seed))
+    report["data"] = {"split": "train", "tokens_fingerprint": data.fingerprint(), "eos_id": data.run_data.eos_id,
                       "tokenizer": data.tokenizer_path, "spec": spec.to_dict()}
     atomic.write_json(out, report)
     print(f"{'domain':>16s} {'tokens':>10s} {'SE':>7s} {'CE':>7s} {'JE':>7s} {'VNE':>7s}   "

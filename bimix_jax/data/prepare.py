@@ -52,6 +52,31 @@ class PreparedData:
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.load(self.tokenizer_path)
 
+    # What every data source answers (see `bimix_jax.data.source`).
+    @property
+    def run_data(self) -> DomainTokens:
+        return self.tokens
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return self.tokens.domains
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokens.vocab_size
+
+    def token_counts(self, split: str = "train") -> dict[str, int]:
+        return self.tokens.token_counts(split)
+
+    def fingerprint(self) -> str:
+        return self.tokens.fingerprint()
+
+    def entropy_streams(self) -> dict[str, Any]:
+        return {d: self.tokens.train[d] for d in self.tokens.domains}
+
+    def documents(self, domain: str, split: str = "train", **_) -> tuple[str, ...]:
+        return self.corpus.documents(domain, split)
+
 
 def data_dir(workdir: str) -> str:
     return os.path.join(os.fspath(workdir), "data")

@@ -12,7 +12,7 @@ import json
 
 from bimix_jax.errors import InputError
 
-SOURCES = ("embedded", "folder", "jsonl", "tfds")
+SOURCES = ("embedded", "folder", "jsonl", "tfds", "store")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,9 +20,10 @@ class DataSpec:
     """Where the documents come from, and how they become per-domain token buffers."""
 
     # 'embedded' (built-in offline corpus), 'folder' (one .txt/.jsonl file or sub-folder per domain),
-    # 'jsonl' (Pile/SlimPajama-style records, domain read from `domain_field`), 'tfds' (tfds.data_source).
+    # 'jsonl' (Pile/SlimPajama-style records, domain read from `domain_field`), 'tfds' (tfds.data_source), or
+    # 'store' (a token store made by experiments.prepare_store, read on demand: any size).
     source: str = "embedded"
-    # Folder (source=folder) or jsonl file/glob (source=jsonl); unused for embedded and tfds.
+    # Folder (source=folder), jsonl file/glob (source=jsonl) or store folder (source=store).
     path: str = ""
     # Comma-separated domains to use, in this order; '' keeps every domain the source has.
     domains: str = ""
@@ -55,7 +56,7 @@ class DataSpec:
     def __post_init__(self):
         if self.source not in SOURCES:
             raise InputError(f"data.source={self.source!r} is unknown; choose one of {', '.join(SOURCES)}")
-        if self.source in ("folder", "jsonl") and not self.path:
+        if self.source in ("folder", "jsonl", "store") and not self.path:
             raise InputError(f"data.source={self.source} needs data.path; set --config.data.path=...")
         if self.source == "tfds" and not self.tfds_name:
             raise InputError("data.source=tfds needs data.tfds_name; set --config.data.tfds_name=...")

@@ -32,7 +32,7 @@ import numpy as np
 from absl import logging
 
 from bimix_jax import atomic, loss_table
-from bimix_jax.data.prepare import prepare_data
+from bimix_jax.data.source import open_data
 from bimix_jax.data.spec import DataSpec
 from bimix_jax.errors import InputError
 from bimix_jax.laws import FittedLaw, fit_law
@@ -166,8 +166,8 @@ def compare_methods(config: Mapping, workdir: str) -> dict:
     _check_workdir(workdir, cfg)
     short = _short_spec(run_spec, cspec.restricted_fraction)
     with atomic.removed_on_input_error(workdir):  # Checks that need the corpus.
-        prepared = prepare_data(data_spec, workdir)
-        tokens = prepared.tokens
+        prepared = open_data(data_spec, workdir)
+        tokens = prepared.run_data  # in memory, or a token store read on demand
         D, T = len(tokens.domains), run_spec.train.steps
         n_static = len(set(cspec.methods) & set(STATIC))
         if "dml" in cspec.methods and n_static < D + 1:
@@ -269,7 +269,7 @@ def _online_compute(results: Sequence[RunResult], spec: RunSpec, feedback_tokens
 
 
 def _static_mixtures(prepared, laws: PipelineSpec, store: provenance.StageStore) -> dict[str, np.ndarray]:
-    tokens = prepared.tokens
+    tokens = prepared.run_data
     fp = provenance.fingerprint("entropy", tokens.fingerprint(), laws.entropy_temperature, laws.vne_max_docs,
                                 laws.entropy_sequence_length)
 

@@ -34,8 +34,9 @@ from absl import logging
 
 from bimix_jax import atomic, loss_table
 from bimix_jax.pipeline import provenance, report, stages
-from bimix_jax.data import sampler
-from bimix_jax.data.prepare import PreparedData, describe, prepare_data
+from bimix_jax.data import source
+from bimix_jax.data.prepare import PreparedData, describe
+from bimix_jax.data.source import open_data
 from bimix_jax.data.spec import DataSpec
 from bimix_jax.errors import InputError
 from bimix_jax.laws.base import FittedLaw
@@ -43,6 +44,7 @@ from bimix_jax.mixture import export, proportions
 from bimix_jax.pipeline.spec import (OPTIMIZED, RUN_FIELDS, PipelineSpec, check_workdir_config,
                                      read_history, write_workdir_config)
 from bimix_jax.train.loop import CONFIG_FILE as RUN_CONFIG_FILE, LOSSES_FILE, train_run
+from bimix_jax.train import inputs as run_inputs
 from bimix_jax.train.many import train_runs
 from bimix_jax.train.state import RunSpec
 
@@ -91,10 +93,10 @@ def _export_json(path: str, obj: Any) -> None:
     atomic.write_json(path, obj)
 
 
-def _candidates(prepared: PreparedData, spec: PipelineSpec, extras: list[tuple[str, np.ndarray]]) -> dict:
+def _candidates(prepared, spec: PipelineSpec, extras: list[tuple[str, np.ndarray]]) -> dict:
     rep, named = stages.corpus_mixtures(prepared, temperature=spec.entropy_temperature,
                                         sequence_length=spec.entropy_sequence_length, max_docs=spec.vne_max_docs)
-    cands = stages.candidate_mixtures(prepared.tokens.domains, named, spec.candidate_names, extras)
+    cands = stages.candidate_mixtures(prepared.domains, named, spec.candidate_names, extras)
     return {"entropy": rep, "candidates": cands}
 
 
@@ -117,14 +119,14 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     # Checks that need the corpus; a workdir this call created is removed again on bad input.
     with atomic.removed_on_input_error(workdir):
         _make_workdir(workdir)
-        prepared = prepare_data(data_spec, workdir)
-        tokens = prepared.tokens
+        prepared = open_data(data_spec, workdir)
+        tokens = prepared.run_data  # in memory, or a token store read on demand
         bounds = spec.check_domains(tokens.domains, tokens.token_counts("train"), t.batch_size * t.seq_len,
                                     run_spec)
         extras = [(n, proportions.resolve(text, tokens.domains, token_counts=tokens.token_counts("train"),
                                        field=f"pipeline.extra_candidates ({n})"))
                   for n, text in spec.extras]
-        sampler.train_buffers(tokens, t.seq_len)  # every domain is long enough for a training window
+        run_inputs.make_input(tokens, t)  # every domain is long enough for a training window
     code = provenance.code_version()
     if changed:
         logging.info("settings changed since the last invocation: %s; the stages that use them are redone",
@@ -225,7 +227,7 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     rec = store.load("report", fp_rep)
     if rec is None or not all(os.path.exists(p) for p in paths.values()):
         inputs = report.ReportInputs(
-            config=cfg, spec=spec.to_dict(), data_table=describe(prepared.stats), candidates=cand_out,
+            config=cfg, spec=spec.to_dict(), data_table=_describe(prepared), candidates=cand_out,
             proxies=proxies, fit=fit_out, mixture=mix_out, confirmation=val_out, table=all_table, fitted=fitted,
             timing={name: _seconds(store, name) for name in ("candidates", "proxies", "fit", "mixture", "confirm")},
             provenance={"code": code, "invocations": history},
@@ -237,6 +239,10 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     logging.info("pipeline finished in %.1f s (this invocation); report %s", time.perf_counter() - start,
                  paths["report_md"])
     return PipelineResult(workdir=workdir, report=rep, mixture=dict(mix_out["mixture"]), paths=paths)
+
+
+def _describe(prepared) -> str:
+    return describe(prepared.stats) if isinstance(prepared, PreparedData) else source.describe(prepared.stats)
 
 
 def _seconds(store: provenance.StageStore, name: str) -> float | None:

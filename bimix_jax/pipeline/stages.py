@@ -52,16 +52,17 @@ def fixed_mixtures(tokens) -> dict[str, np.ndarray]:
 
 def corpus_mixtures(prepared, *, temperature: float, sequence_length: int, max_docs: int
                     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The entropy report of a `bimix_jax.data.prepare.PreparedData` corpus and its training-free mixtures
-    ("natural" token shares, "uniform", and the entropy proxies "se", "ce", "je", "vne"), each in domain order."""
-    tokens = prepared.tokens
+    """The entropy report of a corpus (`bimix_jax.data.source.open_data`: in memory or a token store) and its
+    training-free mixtures ("natural" token shares, "uniform", and the entropy proxies "se", "ce", "je", "vne"),
+    each in domain order."""
+    domains, seed = prepared.domains, prepared.spec.seed
     rep = entropy_counts.entropy_report(
-        {d: tokens.train[d] for d in tokens.domains}, tokens.vocab_size,
-        {d: prepared.corpus.documents(d, "train") for d in tokens.domains}, proxy="ce",
+        prepared.entropy_streams(), prepared.vocab_size,
+        {d: prepared.documents(d, "train", max_docs=max_docs, seed=seed) for d in domains}, proxy="ce",
         temperature=temperature, sequence_length=sequence_length, max_docs=max_docs,
-        embed_config=EmbedConfig(seed=prepared.spec.seed))
-    named = fixed_mixtures(tokens)
-    named.update({m: np.array([rep["mixtures"][m][d] for d in tokens.domains]) for m in ENTROPY_PROXIES})
+        embed_config=EmbedConfig(seed=seed))
+    named = fixed_mixtures(prepared)
+    named.update({m: np.array([rep["mixtures"][m][d] for d in domains]) for m in ENTROPY_PROXIES})
     rep.pop("mixture")  # only the chosen proxy's copy of one of `mixtures`
     return rep, named
 

@@ -52,6 +52,9 @@ class RunLog:
         self._window_losses: list[float] = []
         self._clock_time: float | None = None
         self._clock_step = 0
+        self._wait_s = 0.0
+        # (step, rows_D) -> per-domain usage (windows drawn, epochs, repetitions), set by the loop.
+        self.usage_fn: Any = None
 
     def latest_step(self) -> int | None:
         return self.ckpt.latest_step()
@@ -82,6 +85,10 @@ class RunLog:
                 f"deleted or edited); restore the file, or delete {os.path.join(self.workdir, CHECKPOINT_DIR)} "
                 "to train the run again")
 
+    def add_data_wait(self, seconds: float) -> None:
+        """Seconds the host waited for input batches (reported per step in `metrics.jsonl`)."""
+        self._wait_s += seconds
+
     def settle(self, count: int, m: Mapping[str, Any]) -> None:
         """Host side of step `count` (`m`: loss, lr, grad_norm, rows_D as host values)."""
         t = self.spec.train
@@ -104,7 +111,13 @@ class RunLog:
         record = {"step": count, "tokens": count * self.tokens_per_step,
                   "train_loss": float(np.mean(self._window_losses)), "lr": float(m["lr"]),
                   "grad_norm": float(m["grad_norm"]), "tokens_per_s": rate,
+                  "data_wait_ms_per_step": self._wait_s / max(steps_done, 1) * 1e3,
                   **{f"share_{d}": s for d, s in shares(np.asarray(m["rows_D"]), self.domains).items()}}
+        if self.usage_fn is not None:
+            usage = self.usage_fn(count, np.asarray(m["rows_D"]))
+            record.update({f"epochs_{d}": u["epochs"] for d, u in usage.items()})
+            record.update({f"repetitions_{d}": u["repetitions"] for d, u in usage.items()})
+        self._wait_s = 0.0
         if self.writer:
             atomic.append_jsonl(self.metrics_path, [record])
         logging.info("%s step %d/%d loss %.4f lr %.3g %.0f tokens/s ETA %.0fs", self.run_name, count, t.steps,

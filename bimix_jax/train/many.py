@@ -47,14 +47,15 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bimix_jax import atomic
-from bimix_jax.data import sampler
-from bimix_jax.data.prepare import prepare_data
+from bimix_jax.data.source import open_data
 from bimix_jax.data.spec import DataSpec
 from bimix_jax.data.tokens import DomainTokens
 from bimix_jax.errors import InputError
 from bimix_jax.mixture import proportions
-from bimix_jax.train.evaluate import build_eval_set, make_eval_fn
+from bimix_jax.train.evaluate import make_eval_fn
 from bimix_jax.model import DecoderConfig, format_size
+from bimix_jax.train import memory
+from bimix_jax.train import inputs
 from bimix_jax.train.log import RunLog, shares
 from bimix_jax.train.loop import (CONFIG_FILE, RunResult, _mesh, check_run_name, check_workdir,
                              compiled_programs, neutral_spec, run_record, train_run)
@@ -68,17 +69,22 @@ class GroupPrograms(NamedTuple):
     unstack: Callable  # stacked TrainState -> list of K TrainStates
 
 
-def group_programs(cfg: DecoderConfig, spec: RunSpec, mesh: Mesh, num_domains: int) -> GroupPrograms:
+def group_programs(cfg: DecoderConfig, spec: RunSpec, mesh: Mesh, num_domains: int,
+                   batch_input: bool = False) -> GroupPrograms:
     """The jitted functions of a group, cached like `train.compiled_programs` (one compilation per K)."""
-    return _group_programs(cfg, neutral_spec(spec), mesh, num_domains)
+    return _group_programs(cfg, neutral_spec(spec), mesh, num_domains, batch_input)
 
 
 @functools.lru_cache(maxsize=8)
-def _group_programs(cfg: DecoderConfig, spec: RunSpec, mesh: Mesh, num_domains: int) -> GroupPrograms:
+def _group_programs(cfg: DecoderConfig, spec: RunSpec, mesh: Mesh, num_domains: int,
+                    batch_input: bool) -> GroupPrograms:
     repl, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    single = compiled_programs(cfg, spec, mesh, num_domains)
+    single = compiled_programs(cfg, spec, mesh, num_domains, batch_input)
+    stacked_rows = NamedSharding(mesh, P(None, "data"))
+    data_sharding = {"x": stacked_rows, "domain": stacked_rows} if batch_input else repl
     return GroupPrograms(
-        train_step=make_group_train_step(cfg, spec, state_sharding=repl, data_sharding=repl, batch_sharding=rows),
+        train_step=make_group_train_step(cfg, spec, state_sharding=repl, data_sharding=data_sharding,
+                                         batch_sharding=rows, batch_input=batch_input),
         eval=make_eval_fn(cfg, num_domains, params_sharding=repl, eval_sharding=single.eval_sharding, stacked=True),
         stack=jax.jit(lambda states: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states), out_shardings=repl),
         unstack=jax.jit(_unstack, out_shardings=repl),
@@ -126,7 +132,7 @@ def _check_mixtures(proportions_KxD: np.ndarray, run_names: Sequence[str], num_d
 
 def train_runs(
     spec: RunSpec,
-    tokens: DomainTokens,
+    tokens: DomainTokens | Any,
     proportions_KxD: np.ndarray,
     workdirs: Sequence[str],
     *,
@@ -141,8 +147,9 @@ def train_runs(
     Args:
       spec: the run spec shared by every run (model, optimizer, loop); `spec.train.seed` is the seed of
         every run unless `seeds` is given.
-      tokens: the corpus; every domain is a training and an evaluation domain.
-      proportions_KxD: one training mixture per run, in `tokens.domains` order.
+      tokens: the corpus, `DomainTokens` in memory or a token store's `StoreData`; every domain is a training
+        and an evaluation domain.
+      proportions_KxD: one training mixture per run, in domain order.
       workdirs: one folder per run (each created after every input of every run has been checked).
       run_names: the `run` column of each run's loss table (distinct).
       seeds: per-run seeds (model init and data stream); stored in each run's `config.json`.
@@ -153,12 +160,16 @@ def train_runs(
       One `RunResult` per run, in the order given.
     """
     specs = _check_runs(spec, workdirs, run_names, seeds, extra_configs)
-    K, D, t = len(workdirs), len(tokens.domains), spec.train
+    t = spec.train
+    inp = inputs.make_input(tokens, t)
+    K, D = len(workdirs), len(inp.domains)
     r_KxD = _check_mixtures(proportions_KxD, run_names, D)
     mesh = _mesh(devices, spec)
-    buffers = sampler.train_buffers(tokens, t.seq_len)
-    eval_np = build_eval_set(tokens, seq_len=t.seq_len, eval_tokens=t.eval_tokens, batch_size=t.eval_batch_size)
-    records = [run_record(s, tokens, r, n) for s, r, n in zip(specs, r_KxD, run_names)]
+    eval_np = inp.eval_set(t)
+    replicated = [] if inp.batch_input else [inp.buffers]
+    memory.check_run(spec.model.decoder(inp.vocab_size, t.seq_len), t, mesh.devices.flat, runs=K if vmap else 1,
+                     data_bytes=memory.data_bytes_per_device(mesh.size, replicated=replicated, sharded=[eval_np]))
+    records = [run_record(s, inp, r, n) for s, r, n in zip(specs, r_KxD, run_names)]
     exists = [check_workdir(w, rec) for w, rec in zip(workdirs, records)]
     extra_configs = list(extra_configs) if extra_configs is not None else [{}] * K
     if not vmap:
@@ -170,15 +181,20 @@ def train_runs(
         if writer and not there:
             atomic.write_json(os.path.join(w, CONFIG_FILE), {**rec, "config": extra or {}})
 
-    cfg = spec.model.decoder(tokens.vocab_size, t.seq_len)
+    cfg = spec.model.decoder(inp.vocab_size, t.seq_len)
     model_size = format_size(cfg.num_params()[1])
-    single, group = compiled_programs(cfg, spec, mesh, D), group_programs(cfg, spec, mesh, D)
+    single = compiled_programs(cfg, spec, mesh, D, inp.batch_input)
+    group = group_programs(cfg, spec, mesh, D, inp.batch_input)
     repl = NamedSharding(mesh, P())
+    inp.place(mesh)
     logs: list[RunLog] = []
     try:
         for k in range(K):
-            logs.append(RunLog(specs[k], tokens.domains, workdirs[k], run_name=run_names[k], model_size=model_size,
+            logs.append(RunLog(specs[k], inp.domains, workdirs[k], run_name=run_names[k], model_size=model_size,
                                proportions_D=r_KxD[k], fingerprint=records[k]["data_fingerprint"], writer=writer))
+            stages, seed = [(0, r_KxD[k].tolist())], specs[k].train.seed
+            logs[k].usage_fn = functools.partial(lambda step, rows_D, st, sd: inp.usage(step, rows_D, st, sd),
+                                                 st=stages, sd=seed)
         starts = [log.latest_step() for log in logs]
         keys = [jax.random.split(jax.random.key(s.train.seed)) for s in specs]  # (init, data) per run
         states = [single.init(key[0]) if start is None else log.ckpt.restore(start, single.abstract_state)[0]
@@ -194,7 +210,7 @@ def train_runs(
             state_A = group.stack([states[k] for k in todo])
             key_A = jax.device_put(jnp.stack([keys[k][1] for k in todo]), repl)
             r_AxD = jax.device_put(np.asarray(r_KxD[todo], np.float32), repl)
-            data = jax.device_put(buffers, repl)
+            data = _GroupData(inp, mesh, t, [(int(start_K[k]), r_KxD[k].tolist(), specs[k].train.seed) for k in todo])
             eval_set = jax.device_put(eval_np, single.eval_sharding)
             state_A = _group_loop(t.steps, state_A, start_K[todo], group, data, eval_set, key_A, r_AxD,
                                   [logs[k] for k in todo])
@@ -209,11 +225,35 @@ def train_runs(
         results.append(RunResult(
             workdir=workdirs[k], run_name=run_names[k], model_size=model_size, steps=t.steps,
             tokens=t.steps * t.batch_size * t.seq_len, resumed_from=starts[k], already_complete=k not in todo,
-            final_losses=log.final_losses(), realized_shares=shares(rows_D, tokens.domains), state=state))
+            final_losses=log.final_losses(), realized_shares=shares(rows_D, inp.domains), state=state,
+            usage=inp.usage(t.steps, rows_D, [(0, r_KxD[k].tolist())], specs[k].train.seed)))
     return results
 
 
-def _group_loop(steps: int, state_A: TrainState, start_A: np.ndarray, group: GroupPrograms, data, eval_set,
+class _GroupData:
+    """The group step's data argument: the device buffers (in memory), or each run's batch stacked (a store)."""
+
+    def __init__(self, inp: inputs.RunInput, mesh: Mesh, t, runs: Sequence[tuple[int, list, int]]):
+        self.inp, self.t = inp, t
+        self.sharding = NamedSharding(mesh, P(None, "data"))
+        self.iters = [None if not inp.batch_input else inp.host_batches(start, t.steps - start, [(0, r)], seed)
+                      for start, r, seed in runs]
+
+    def next(self, active_A: np.ndarray) -> Any:
+        if not self.inp.batch_input:
+            return self.inp.data
+        B, S1 = self.t.batch_size, self.t.seq_len + 1
+        R = B // jax.process_count()
+        idle = {"x": np.zeros((R, S1), np.int32), "domain": np.zeros((R,), np.int32)}
+        local = [next(it) if on else idle for it, on in zip(self.iters, active_A)]
+        stacked = {k: np.stack([b[k] for b in local]) for k in ("x", "domain")}
+        K = len(local)
+        return {"x": jax.make_array_from_process_local_data(self.sharding, stacked["x"], (K, B, S1)),
+                "domain": jax.make_array_from_process_local_data(self.sharding, stacked["domain"], (K, B))}
+
+
+def _group_loop(steps: int, state_A: TrainState, start_A: np.ndarray, group: GroupPrograms, data: _GroupData,
+                eval_set,
                 key_A: jax.Array, r_AxD: jax.Array, logs: Sequence[RunLog]) -> TrainState:
     """Advances every run of the group from its own start step to `steps`; returns the stacked final state.
 
@@ -229,7 +269,11 @@ def _group_loop(steps: int, state_A: TrainState, start_A: np.ndarray, group: Gro
 
     while (count_A < steps).any():
         active_A = count_A < steps
-        state_A, metrics = group.train_step(state_A, data, key_A, count_A, r_AxD, active_A)
+        batch = data.next(active_A)
+        wait = data.inp.data_wait_s()
+        for a in np.flatnonzero(active_A):
+            logs[a].add_data_wait(wait)
+        state_A, metrics = group.train_step(state_A, batch, key_A, count_A, r_AxD, active_A)
         count_A = count_A + active_A.astype(np.int32)
         if pending is not None:
             settle(*pending)
@@ -282,13 +326,13 @@ def train_many_from_config(config: Mapping, workdir: str, mixtures: Sequence[str
     _check_runs(spec, workdirs, run_names, seeds, None)
     created = not os.path.exists(workdir)
     try:
-        tokens = prepare_data(data_spec, workdir).tokens
-        r_KxD = np.stack([proportions.resolve(m, tokens.domains, token_counts=tokens.token_counts("train"),
+        data = open_data(data_spec, workdir)
+        r_KxD = np.stack([proportions.resolve(m, data.domains, token_counts=data.token_counts("train"),
                                               normalize=normalize, field=f"mixture {k}")
                           for k, m in enumerate(mixtures)])
         full = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         extra = [{**full, "mixture": m, "run_name": n} for m, n in zip(mixtures, run_names)]
-        return train_runs(spec, tokens, r_KxD, workdirs, run_names=run_names, seeds=seeds, vmap=vmap,
+        return train_runs(spec, data.run_data, r_KxD, workdirs, run_names=run_names, seeds=seeds, vmap=vmap,
                           extra_configs=extra)
     except InputError:
         if created and os.path.isdir(workdir) and not any(os.path.exists(os.path.join(w, CONFIG_FILE))

@@ -52,45 +52,64 @@ def split_feedback(tokens: DomainTokens, feedback_tokens: int, seq_len: int) -> 
 
 
 class ScheduleRunner:
-    """Host-side state of a scheduled run: plans segments, measures feedback, writes the trajectory."""
+    """Host-side state of a run's schedule: plans segments, measures feedback, writes the trajectory.
+
+    Every run has one: a static run follows a one-segment `Static` method with `record=False` (no trajectory,
+    no method file, nothing added to its checkpoints, so its workdir keeps the static format); an online run
+    records everything. `stages` is the schedule trained so far, `[(start_step, proportions), ...]`, the input
+    a token store needs to place every batch.
+    """
 
     def __init__(self, method: MixingMethod, *, total_steps: int, seed: int, workdir: str, writer: bool,
-                 feedback_fn: Callable[[Any], np.ndarray]):
+                 feedback_fn: Callable[[Any], np.ndarray] | None, record: bool = True):
         self.method, self.total_steps, self.seed = method, total_steps, seed
-        self.writer, self.feedback_fn = writer, feedback_fn
+        self.writer, self.feedback_fn, self.record = writer, feedback_fn, record
         self.trajectory_path = os.path.join(workdir, TRAJECTORY_FILE)
         self.method_path = os.path.join(workdir, METHOD_FILE)
         self.mstate: dict | None = None
         self.segment: Segment | None = None
         self.segment_start = 0
         self.rows_start: list[int] | None = None
+        self.stages: list[tuple[int, list[float]]] = []
 
     # -- start and resume -----------------------------------------------------------------------------
     def start_fresh(self, state: Any, num_domains: int) -> None:
+        self.mstate = self.method.init(num_domains, self.total_steps, self.seed)
+        if not self.record:
+            return
         if self.writer:
             atomic.truncate_jsonl(self.trajectory_path, lambda r: False)
         losses = self.feedback_fn(state.params)
-        self.mstate = self.method.observe(self.method.init(num_domains, self.total_steps, self.seed), losses)
+        self.mstate = self.method.observe(self.mstate, losses)
         self._record({"start": 0, "end": 0, "kind": "initial", "feedback_losses": losses.tolist()})
 
-    def resume(self, meta: dict, step: int) -> None:
+    def resume(self, meta: dict, step: int, num_domains: int) -> None:
         sched = meta.get("schedule")
+        if not self.record:  # A static run: stateless, one stage from step 0.
+            self.mstate = self.method.init(num_domains, self.total_steps, self.seed)
+            first = self.method.next_segment(self.mstate, 0)
+            self.stages = [(0, list(first.proportions))]
+            return
         if not isinstance(sched, dict):
             raise InputError(f"the checkpoint at step {step} holds no mixing-method state; it was written by a "
                              "static run: use another workdir for an online run")
         self.mstate = sched["method_state"]
         self.segment = Segment.from_json(sched["segment"]) if sched["segment"] else None
         self.segment_start, self.rows_start = int(sched["segment_start"]), sched["rows_start"]
+        self.stages = [(int(a), list(r)) for a, r in sched.get("stages", [])]
         redo = self.segment is not None and self.segment_start + self.segment.steps == step
         if self.writer:
             atomic.truncate_jsonl(self.trajectory_path,
                                   lambda r: r["end"] < step or (r["end"] == step and not redo))
 
     def meta(self) -> dict:
-        """What a checkpoint saves of the schedule (JSON)."""
+        """What a checkpoint saves of the schedule (JSON); nothing for a static run."""
+        if not self.record:
+            return {}
         return {"schedule": {"method_state": self.mstate,
                              "segment": self.segment.to_json() if self.segment else None,
-                             "segment_start": self.segment_start, "rows_start": self.rows_start}}
+                             "segment_start": self.segment_start, "rows_start": self.rows_start,
+                             "stages": [[a, list(r)] for a, r in self.stages]}}
 
     # -- segments -------------------------------------------------------------------------------------
     def current(self, step: int, state: Any) -> Segment:
@@ -102,6 +121,9 @@ class ScheduleRunner:
             if self.segment is None:
                 raise RuntimeError(f"{self.method.name} planned no segment at step {step} of {self.total_steps}")
             self.segment_start, self.rows_start = step, _rows(state)
+            p = [float(x) for x in self.segment.proportions]
+            if not self.stages or self.stages[-1][1] != p:
+                self.stages.append((step, p))
         return self.segment
 
     def finish(self, state: Any) -> dict:
@@ -109,19 +131,21 @@ class ScheduleRunner:
         if self.segment is not None:
             self._end(self.segment_start + self.segment.steps, state)
         summary = self.method.summary(self.mstate)
-        if self.writer:
+        if self.writer and self.record:
             atomic.write_json(self.method_path, summary)
         return summary
 
     def _end(self, step: int, state: Any) -> None:
         seg = self.segment
+        self.segment = None
+        if not self.record:
+            return
         rows = (np.asarray(_rows(state)) - np.asarray(self.rows_start)).tolist()
         losses = self.feedback_fn(state.params) if seg.feedback else None
         self.mstate = self.method.observe(self.mstate, losses) if seg.feedback else self.method.skip(self.mstate)
         self._record({"start": self.segment_start, "end": step, "kind": seg.kind, "label": seg.label,
                       "requested": list(seg.proportions), "realized_rows": rows,
                       "feedback_losses": None if losses is None else losses.tolist()})
-        self.segment = None
 
     def _record(self, record: dict) -> None:
         if self.writer:

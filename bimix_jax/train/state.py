@@ -5,8 +5,12 @@ below reads the config. `make_train_step` returns a pure function
 
     train_step(state, data, key, step, proportions_D) -> (state, metrics)
 
-that samples its batch inside jit (`bimix_jax.data.sampler`), so a new mixture never recompiles;
-`make_group_train_step` is the same step vmapped over K runs (stacked states, keys, steps, mixtures).
+that samples its batch inside jit (`bimix_jax.data.sampler`) from the device-resident token buffers `data`, so a
+new mixture never recompiles. With `batch_input=True`, `data` is instead the step's batch itself,
+`{"x": [B, seq_len + 1] int32, "domain": [B] int32}`, read on the host from a token store
+(`bimix_jax.train.inputs`); the key is then unused and the proportions only size the row ledger.
+`make_group_train_step` is the same step vmapped over K runs (stacked states, keys, steps, mixtures, and
+stacked batches with `batch_input`).
 """
 
 from __future__ import annotations
@@ -171,9 +175,13 @@ def _train_step(
     seq_len: int,
     microbatches: int,
     batch_sharding: jax.sharding.Sharding | None,
+    batch_input: bool = False,
 ) -> tuple[TrainState, dict]:
-    step_key = jax.random.fold_in(key, step)
-    x_BxS, domain_B = sampler.sample_batch(data, step_key, proportions_D, batch_size=batch_size, seq_len=seq_len)
+    if batch_input:
+        x_BxS, domain_B = data["x"], data["domain"]
+    else:
+        step_key = jax.random.fold_in(key, step)
+        x_BxS, domain_B = sampler.sample_batch(data, step_key, proportions_D, batch_size=batch_size, seq_len=seq_len)
     grad_fn = jax.value_and_grad(lambda params, x: jnp.mean(token_losses(cfg, params, x)))
     if microbatches == 1:
         if batch_sharding is not None:
@@ -198,7 +206,8 @@ def _train_step(
     return TrainState(params, opt_state, rows_D), metrics
 
 
-def _step_fn(cfg: DecoderConfig, spec: RunSpec, batch_sharding: jax.sharding.Sharding | None) -> Callable:
+def _step_fn(cfg: DecoderConfig, spec: RunSpec, batch_sharding: jax.sharding.Sharding | None,
+             batch_input: bool = False) -> Callable:
     return functools.partial(
         _train_step,
         cfg=cfg,
@@ -208,6 +217,7 @@ def _step_fn(cfg: DecoderConfig, spec: RunSpec, batch_sharding: jax.sharding.Sha
         seq_len=spec.train.seq_len,
         microbatches=spec.train.microbatches,
         batch_sharding=batch_sharding,
+        batch_input=batch_input,
     )
 
 
@@ -228,14 +238,20 @@ def make_train_step(
     state_sharding: Any = None,
     data_sharding: Any = None,
     batch_sharding: jax.sharding.Sharding | None = None,
+    batch_input: bool = False,
 ) -> Callable:
-    """The jitted `train_step(state, data, key, step, proportions_D) -> (state, metrics)`; donates `state`."""
-    return _jit_donating_state(_step_fn(cfg, spec, batch_sharding), 5, state_sharding, data_sharding)
+    """The jitted `train_step(state, data, key, step, proportions_D) -> (state, metrics)`; donates `state`.
+
+    `data`: the token buffers the step samples from, or with `batch_input` the batch (see the module docstring).
+    """
+    return _jit_donating_state(_step_fn(cfg, spec, batch_sharding, batch_input), 5, state_sharding, data_sharding)
 
 
-def _group_train_step(state_K: TrainState, data: sampler.TrainBuffers, key_K: jax.Array, step_K: jax.Array,
-                      proportions_KxD: jax.Array, active_K: jax.Array, *, step_fn: Callable) -> tuple[TrainState, dict]:
-    new_K, metrics_K = jax.vmap(step_fn, in_axes=(0, None, 0, 0, 0))(state_K, data, key_K, step_K, proportions_KxD)
+def _group_train_step(state_K: TrainState, data: Any, key_K: jax.Array, step_K: jax.Array,
+                      proportions_KxD: jax.Array, active_K: jax.Array, *, step_fn: Callable,
+                      batch_input: bool) -> tuple[TrainState, dict]:
+    in_axes = (0, 0 if batch_input else None, 0, 0, 0)
+    new_K, metrics_K = jax.vmap(step_fn, in_axes=in_axes)(state_K, data, key_K, step_K, proportions_KxD)
 
     def keep(new, old):  # A run that is not active keeps its state (it has finished, others have not).
         return jnp.where(jnp.reshape(active_K, (-1,) + (1,) * (new.ndim - 1)), new, old)
@@ -250,13 +266,16 @@ def make_group_train_step(
     state_sharding: Any = None,
     data_sharding: Any = None,
     batch_sharding: jax.sharding.Sharding | None = None,
+    batch_input: bool = False,
 ) -> Callable:
     """K runs in one program: the jitted `group_step(state_K, data, key_K, step_K, proportions_KxD, active_K)
     -> (state_K, metrics_K)`.
 
     Every leaf of `state_K` and of the metrics has a leading run axis K; each run draws its own batch
     from its own key, step and mixture (`jax.vmap` of the single-run step; `batch_sharding` shards the
-    rows of each run's batch). Runs with `active_K` False keep their state. Donates `state_K`.
+    rows of each run's batch), or with `batch_input` takes its own batch, stacked on a leading K axis of
+    `data`. Runs with `active_K` False keep their state. Donates `state_K`.
     """
-    fn = functools.partial(_group_train_step, step_fn=_step_fn(cfg, spec, batch_sharding))
+    fn = functools.partial(_group_train_step, step_fn=_step_fn(cfg, spec, batch_sharding, batch_input),
+                           batch_input=batch_input)
     return _jit_donating_state(fn, 6, state_sharding, data_sharding)
