@@ -23,6 +23,7 @@ TINY = "--config=configs/tiny.py:runlocal"
 PIPE = "--config=configs/pipeline_tiny.py:runlocal"
 CMP = "--config=configs/compare_tiny.py:runlocal"
 NESTED = ["--losses={sizes_table}", "--small_sizes=1M,2M", "--target_size=4M", "--target_step=800"]
+NSIZES = "--sizes=1M=1e6,2M=2e6,4M=4e6"
 STORE = ["--sources=code={src}/*.jsonl", "--tokenizer={tokenizer}"]
 FIT = ["--law=bimix", "--out={new}"]  # after --losses
 OPT = ["--steps=100", "--out={new}"]  # after --fit
@@ -261,6 +262,33 @@ CATALOG = [
      "--target_size=1M is also in --small_sizes"),
     ("predict_nested", "size_absent", [NESTED[0], "--small_sizes=1M,9B", *NESTED[2:], "--out={new}"], "'9B'"),
     ("predict_nested", "sizes_not_number", [*NESTED, "--out={new}", "--sizes=1M=abc"], "--sizes"),
+    ("predict_nested", "min_step_word", [*NESTED, "--out={new}", "--min_step=soon"], "--min_step"),
+    ("predict_nested", "min_step_above_max", [*NESTED, "--out={new}", "--min_step=500", "--max_step=400"],
+     "min_step=500 is not below max_step=400"),
+    ("predict_nested", "n_boot_one", [*NESTED, "--out={new}", "--n_boot=1"], "--n_boot=1"),
+    ("predict_nested", "plots_is_file", [*NESTED, "--out={new}", "--plots={file}"], "--plots"),
+    ("predict_nested", "points_is_dir", [*NESTED, "--out={new}", "--points={dir}"], "--points"),
+    ("predict_nested", "one_small_size", [NESTED[0], "--small_sizes=1M", *NESTED[2:], "--out={new}", NSIZES],
+     "at least two small model sizes"),
+    ("predict_nested", "runs_no_match", [*NESTED, "--out={new}", NSIZES, "--runs=zzz*"], "--runs=zzz*"),
+    ("predict_nested", "one_mixture", [*NESTED, "--out={new}", NSIZES, "--runs=*_r0"], "1 mixture"),
+    ("predict_nested", "too_few_steps", [*NESTED, "--out={new}", NSIZES, "--max_step=200"], "checkpoint"),
+    ("predict_nested", "weights_unknown", [*NESTED, "--out={new}", NSIZES, "--weights=zzz=1"], "'zzz'"),
+    ("predict_nested", "caps_infeasible", [*NESTED, "--out={new}", NSIZES, "--caps=code=0.1,web=0.1"], "--caps"),
+    # backtest_nested
+    ("backtest_nested", "out_empty", ["--losses={sizes_table}", "--splits=1M+2M<=400->4M@800", "--out="],
+     "--out is empty"),
+    ("backtest_nested", "split_syntax", ["--losses={sizes_table}", "--splits=1M->4M", "--out={new}"],
+     "SIZES<=MAX_STEP->SIZE@STEP"),
+    ("backtest_nested", "split_size_absent", ["--losses={sizes_table}", "--splits=1M+2M<=400->9B@800",
+                                              "--out={new}"], "'9B'"),
+    # gpu_check (JAX_PLATFORMS=cpu here: without --smoke it has no accelerator to check)
+    ("gpu_check", "no_accelerator", [], "pass --smoke"),
+    ("gpu_check", "parts_unknown", ["--smoke", "--parts=step,foo"], "--parts: unknown part 'foo'"),
+    ("gpu_check", "group_sizes_zero", ["--smoke", "--group_sizes=0"], "--group_sizes=0"),
+    ("gpu_check", "steps_zero", ["--smoke", "--steps=0"], "--steps=0"),
+    ("gpu_check", "dir_missing", ["--smoke", "--dir={dir}/none"], "--dir={dir}/none"),
+    ("gpu_check", "config_missing", ["--smoke", "--config=configs/nope.py"], "configs/nope.py"),
     # prepare_store
     ("prepare_store", "out_empty", [*STORE, "--out="], "--out is empty"),
     ("prepare_store", "out_is_file", [*STORE, "--out={file}"], "is a file, not a folder"),
@@ -285,8 +313,9 @@ def results(tmp_path_factory):
     open(fx["file"], "w").write("not a folder\n")
     rows = _table_rows()
     fx["table"] = _write_table(root / "table.csv", rows)
-    fx["sizes_table"] = _write_table(root / "sizes.csv", [{**r, "model_size": m, "run": f"{m}_{r['run']}"}
-                                                          for m in ("1M", "2M", "4M")
+    fx["sizes_table"] = _write_table(root / "sizes.csv", [{**r, "model_size": m, "run": f"{m}_{r['run']}",
+                                                           "loss": round(r["loss"] * f, 6)}
+                                                          for m, f in (("1M", 1.0), ("2M", 0.95), ("4M", 0.9))
                                                           for r in rows])
     for name, (table_rows, columns) in _bad_tables(rows).items():
         fx[f"t_{name}"] = _write_table(root / f"t_{name}.csv", table_rows, columns)
