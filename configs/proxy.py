@@ -29,8 +29,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = model_config(D=768, H=12, L=12, F=3072, dtype="bfloat16")  # head width 64, F = 4 x D
     c.optim = optim_config(lr=1e-3, schedule="exponential", warmup_steps=2000)  # warmup: not stated in the paper
     # Global batch 512 x 1024 = 524,288 tokens per step. Gradient accumulation: 8 slices on one 80 GB GPU (64
-    # sequences at a time, ~37 GiB estimated by bimix_jax/train/memory.py); set 1 on 8 GPUs (64 per GPU). A config
-    # that cannot fit is refused before training.
+    # sequences at a time); set 1 on 8 GPUs (64 per GPU). Estimated by bimix_jax/train/memory.py under cuDNN flash
+    # attention (what model.attention=auto takes on such a GPU): 37 / 36 GiB per GPU, 45 / 44 GiB with the largest
+    # in-memory corpus, within 90% of JAX's default 75% pool of 80 GB (50 GiB). XLA attention (TPU, or a GPU where
+    # cuDNN cannot run) keeps the S x S scores: ~4x the slices. A config that cannot fit is refused before training.
     c.train = train_config(steps=arg.steps, batch_size=512, microbatches=8, seq_len=1024, eval_every=5000,
                            eval_tokens=1_048_576, eval_batch_size=64, checkpoint_every=2500, log_every=100)
     # Online methods at this scale: Aioli's full-SlimPajama setting (K = 200 steps per round, S = 10 steps per

@@ -24,6 +24,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = proxy.get_config(arg)
     if parsed.runlocal:
         return c
-    # Head width 64; F = 4 x D (not stated in the paper); remat: ~42 GiB estimated on one 80 GB GPU (60 without).
+    # Head width 64; F = 4 x D (not stated in the paper). Estimated (bimix_jax/train/memory.py, cuDNN attention):
+    # 42 GiB on one 80 GB GPU with remat and 8 slices (102 without remat), 28 GiB per GPU on 8 with 1 slice; on a
+    # TPU v4-32 slice (16 chips, XLA attention) 23 GiB per chip with 1 slice reading a token store, 21 GiB with 2
+    # slices and the largest in-memory corpus.
     c.model = model_config(D=2048, H=32, L=16, F=8192, dtype="bfloat16", remat=True)
     return c

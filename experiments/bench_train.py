@@ -20,7 +20,10 @@ the two with `jax_over_torch_best`.
 Parts:
 * `step`: the train step as the trainer runs it, and the same step with the loss as first written
   (`log_softmax` indexing, `jax.nn.dot_product_attention`), to show what the rewrite in
-  `bimix_jax/model.py` gained;
+  `bimix_jax/model.py` gained; with the step's tokens/s, model FLOPs per token (6 (N + V D) + 12 L S D,
+  `DecoderConfig.flops_per_token`), achieved model TFLOP/s and MFU against the device's peak bf16 FLOP/s
+  (`bimix_jax/train/flops.py`; null with the reason on a CPU, or give `--peak_tflops`), and the same
+  achieved rate as a share of a matmul rate measured on the device in the compute dtype;
 * `torch`: the PyTorch step, timed in turns with the JAX step;
 * `group`: for each K, one vmapped step of K runs (`bimix_jax.train.many`) against K single steps.
 """
@@ -32,13 +35,12 @@ import json
 import math
 import os
 import statistics
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from absl import flags
 
-from experiments import cli
+from experiments import bench_train_lib as lib, cli
 
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timings per measurement (the median is reported).")
@@ -47,41 +49,8 @@ _CONFIG = flags.DEFINE_string("config_arg", "", "Argument of configs/tiny.py get
 _GROUP_SIZES = flags.DEFINE_list("group_sizes", ["2", "4", "8"], "Numbers of runs K for the group part.")
 _PARTS = flags.DEFINE_list("parts", ["step", "torch", "group"], "Which parts to run: step, torch, group.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "Sequences per step (0: the config's train.batch_size).")
-
-Runner = Callable[[int], None]  # runs n steps and waits for them
-
-
-def _interleaved(runners: dict[str, Runner], steps: int, repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per step of each runner, `repeats` rounds, the runners timed in turn within a round."""
-    for run in runners.values():
-        run(warmup)
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            t0 = time.perf_counter()
-            run(steps)
-            times[name].append((time.perf_counter() - t0) / steps)
-    return times
-
-
-def _ratio(num: list[float], den: list[float]) -> float:
-    """Median over rounds of num/den."""
-    return statistics.median(a / b for a, b in zip(num, den))
-
-
-def _best_ratio(num: list[float], den: list[float]) -> float:
-    """min(num) / min(den): the ratio of the least disturbed timings (other processes only ever slow a timing)."""
-    return min(num) / min(den)
-
-
-def _synthetic_tokens(vocab_size: int, n_domains: int = 5, tokens_per_domain: int = 200_000):
-    from bimix_jax.data.tokens import DomainTokens
-
-    rng = np.random.default_rng(0)
-    domains = tuple(f"d{i}" for i in range(n_domains))
-    make = lambda n: rng.integers(1, vocab_size, n).astype(np.int32)  # noqa: E731
-    return DomainTokens(domains=domains, train={d: make(tokens_per_domain) for d in domains},
-                        val={d: make(4096) for d in domains}, vocab_size=vocab_size, eos_id=0)
+_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak bf16 TFLOP/s of one device for MFU (0: the table of device "
+                           "kinds in bimix_jax/train/flops.py; a CPU has none).")
 
 
 def _loss_as_first_written(cfg, params, x_BxS):
@@ -107,65 +76,22 @@ def _patched(module, name: str, value):
         setattr(module, name, old)
 
 
-class _JaxSetup:
-    """Programs, data and a fresh state of the tiny config on the default devices."""
+def first_written_step(setup: lib.JaxSetup) -> Callable:
+    """The train step with `_loss_as_first_written` (same optimizer, sampler and shardings)."""
+    import jax
 
-    def __init__(self, spec, vocab_size: int):
-        import jax
-        from jax.sharding import NamedSharding, PartitionSpec as P
+    from bimix_jax.train import state as train_state
 
-        from bimix_jax.data import sampler
-        from bimix_jax.train.loop import _mesh, compiled_programs
+    fn = train_state._step_fn(setup.cfg, setup.spec, None)
 
-        self.spec, t = spec, spec.train
-        tokens = _synthetic_tokens(vocab_size)
-        self.D = len(tokens.domains)
-        self.mesh = _mesh(None, spec)
-        self.cfg = spec.model.decoder(vocab_size, t.seq_len)
-        self.programs = compiled_programs(self.cfg, spec, self.mesh, self.D)
-        self.repl = NamedSharding(self.mesh, P())
-        self.data = jax.device_put(sampler.train_buffers(tokens, t.seq_len), self.repl)
-        self.r_D = jax.device_put(np.full(self.D, 1.0 / self.D, np.float32), self.repl)
-        self.key = jax.random.key(0)
-        self.train_step, self.compile_s = _compile_seconds(self.programs.train_step, self.programs.init(self.key),
-                                                           self.data, self.key, 0, self.r_D)
+    def step(*args):
+        with _patched(train_state, "token_losses", _loss_as_first_written):
+            return fn(*args)
 
-    def runner(self, step_fn) -> Runner:
-        """Steps `step_fn(state, data, key, step, r_D)` from a fresh state."""
-        import jax
-
-        box = {"state": self.programs.init(self.key), "step": 0}
-
-        def run(n: int) -> None:
-            for _ in range(n):
-                box["state"], metrics = step_fn(box["state"], self.data, self.key, box["step"], self.r_D)
-                box["step"] += 1
-            jax.block_until_ready(metrics["loss"])
-
-        return run
-
-    def first_written_step(self) -> Callable:
-        """The train step with `_loss_as_first_written` (same optimizer, sampler and shardings)."""
-        import jax
-
-        from bimix_jax.train import state as train_state
-
-        fn = train_state._step_fn(self.cfg, self.spec, None)
-
-        def step(*args):
-            with _patched(train_state, "token_losses", _loss_as_first_written):
-                return fn(*args)
-
-        return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(step, donate_argnums=(0,))
 
 
-def _compile_seconds(jitted, *args) -> tuple[Callable, float]:
-    t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    return compiled, time.perf_counter() - t0
-
-
-def bench_step(setup: _JaxSetup, steps: int, repeats: int, warmup: int) -> dict:
+def bench_step(setup: lib.JaxSetup, steps: int, repeats: int, warmup: int, peak_tflops: float = 0.0) -> dict:
     """The trainer's step now and with the loss as first written, timed in turns; plus the sampler alone."""
     import jax
 
@@ -173,8 +99,8 @@ def bench_step(setup: _JaxSetup, steps: int, repeats: int, warmup: int) -> dict:
 
     t, D = setup.spec.train, setup.D
     now, now_compile = setup.train_step, setup.compile_s
-    before, before_compile = _compile_seconds(setup.first_written_step(), setup.programs.init(setup.key),
-                                              setup.data, setup.key, 0, setup.r_D)
+    before, before_compile = lib.compile_seconds(first_written_step(setup), setup.programs.init(setup.key),
+                                                 setup.data, setup.key, 0, setup.r_D)
 
     @jax.jit
     def sample(data, key, step, r_D):  # what the train step does before the model
@@ -187,66 +113,29 @@ def bench_step(setup: _JaxSetup, steps: int, repeats: int, warmup: int) -> dict:
             x, _ = sample(setup.data, setup.key, i, setup.r_D)
         jax.block_until_ready(x)
 
-    times = _interleaved({"now": setup.runner(now), "before": setup.runner(before), "sampler": sample_steps},
-                         steps, repeats, warmup)
+    times = lib.interleaved({"now": setup.runner(now), "before": setup.runner(before), "sampler": sample_steps},
+                            steps, repeats, warmup)
     step_s = statistics.median(times["now"])
-    tokens = t.batch_size * t.seq_len
-    return {"jax_step_ms": step_s * 1e3, "jax_tokens_per_s": tokens / step_s,
+    tokens_per_s = setup.tokens_per_step / step_s
+    # MFU against the device's peak bf16 FLOP/s (null on a CPU, which has none), and against a matmul rate
+    # measured here in the model's compute dtype (a reachable rate on any device).
+    mfu = lib.mfu_fields(setup.cfg, t.seq_len, tokens_per_s, peak_tflops)
+    matmul = lib.matmul_tflops(setup.cfg.dtype)
+    mfu.update(matmul_tflops_per_s_measured=matmul,
+               model_flops_share_of_measured_matmul=mfu["model_tflops_per_s"] / (matmul * mfu["devices"]))
+    return {"jax_step_ms": step_s * 1e3, "jax_tokens_per_s": tokens_per_s, **mfu,
             "jax_step_ms_best": min(times["now"]) * 1e3,
             "jax_step_ms_loss_as_first_written": statistics.median(times["before"]) * 1e3,
             "jax_step_ms_loss_as_first_written_best": min(times["before"]) * 1e3,
-            "jax_speedup_over_first_written": _ratio(times["before"], times["now"]),
-            "jax_speedup_over_first_written_best": _best_ratio(times["before"], times["now"]),
+            "jax_speedup_over_first_written": lib.ratio(times["before"], times["now"]),
+            "jax_speedup_over_first_written_best": lib.best_ratio(times["before"], times["now"]),
             "jax_compile_s": now_compile, "jax_compile_s_loss_as_first_written": before_compile,
             "sampler_ms": statistics.median(times["sampler"]) * 1e3,
-            "sampler_fraction_of_step": _ratio(times["sampler"], times["now"]),
+            "sampler_fraction_of_step": lib.ratio(times["sampler"], times["now"]),
             "jax_devices": [str(d) for d in jax.devices()], "jax_version": jax.__version__}
 
 
-def bench_group(setup: _JaxSetup, sizes: Sequence[int], steps: int, repeats: int, warmup: int) -> dict:
-    """K runs in one vmapped step against K single steps in turn (the cost of training them one by one)."""
-    import jax
-    import jax.numpy as jnp
-
-    from bimix_jax.train.many import group_programs
-
-    group = group_programs(setup.cfg, setup.spec, setup.mesh, setup.D)
-    single = setup.train_step
-    out = {"group_single_compile_s": setup.compile_s}
-    for K in sizes:
-        keys = jax.random.split(setup.key, K)
-        r_KxD = jnp.tile(setup.r_D, (K, 1))
-        active_K = np.ones(K, bool)
-        state = group.stack([setup.programs.init(k) for k in keys])
-        compiled, compile_s = _compile_seconds(group.train_step, state, setup.data, keys, np.zeros(K, np.int32),
-                                               r_KxD, active_K)
-        box = {"state": state, "step": 0}
-
-        def group_steps(n: int, box=box, compiled=compiled, keys=keys, r_KxD=r_KxD, active_K=active_K) -> None:
-            for _ in range(n):
-                step_K = np.full(K, box["step"], np.int32)
-                box["state"], metrics = compiled(box["state"], setup.data, keys, step_K, r_KxD, active_K)
-                box["step"] += 1
-            jax.block_until_ready(metrics["loss"])
-
-        times = _interleaved({"single": setup.runner(single), "group": group_steps}, steps, repeats, warmup)
-        # K runs in turn take K single steps per step of all K runs.
-        out[f"group_K{K}"] = {
-            "vmapped_step_ms": statistics.median(times["group"]) * 1e3,
-            "sequential_step_ms": K * statistics.median(times["single"]) * 1e3,
-            "vmapped_step_ms_best": min(times["group"]) * 1e3,
-            "sequential_step_ms_best": K * min(times["single"]) * 1e3,
-            "speedup": _ratio([K * s for s in times["single"]], times["group"]),
-            "speedup_best": _best_ratio([K * s for s in times["single"]], times["group"]),
-            "vmapped_tokens_per_s": K * setup.spec.train.batch_size * setup.spec.train.seq_len
-            / statistics.median(times["group"]),
-            "compile_s": compile_s,
-        }
-        del box, state
-    return out
-
-
-def torch_runner(spec, vocab_size: int) -> tuple[Runner | None, dict]:
+def torch_runner(spec, vocab_size: int) -> tuple[lib.Runner | None, dict]:
     """A runner of the PyTorch step (None with the reason when torch is missing) and its description."""
     try:
         import torch
@@ -301,7 +190,7 @@ def torch_runner(spec, vocab_size: int) -> tuple[Runner | None, dict]:
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.b1, o.b2), eps=o.eps)
-    tokens = _synthetic_tokens(vocab_size)
+    tokens = lib.synthetic_tokens(vocab_size)
     buffers = [torch.from_numpy(tokens.train[d].astype(np.int64)) for d in tokens.domains]
     gen = torch.Generator().manual_seed(0)
     per_domain = t.batch_size // len(buffers)
@@ -357,15 +246,15 @@ def main(argv: Sequence[str]) -> None:
            "model": dict(config.model), "batch_size": spec.train.batch_size, "seq_len": spec.train.seq_len,
            "vocab_size": vocab_size, "cpu_count": os.cpu_count(), "steps": steps, "repeats": repeats,
            "xla_flags": os.environ.get("XLA_FLAGS", "")}
-    setup = _JaxSetup(spec, vocab_size)
+    setup = lib.JaxSetup(spec, vocab_size)
     if "step" in parts:
-        out.update(bench_step(setup, steps, repeats, warmup))
+        out.update(bench_step(setup, steps, repeats, warmup, _PEAK.value))
     if "torch" in parts:
         run_torch, info = torch_runner(spec, vocab_size)
         out.update(info)
         if run_torch is not None:
             now = setup.runner(setup.train_step)
-            times = _interleaved({"jax": now, "torch": run_torch}, steps, repeats, warmup)
+            times = lib.interleaved({"jax": now, "torch": run_torch}, steps, repeats, warmup)
             tokens = spec.train.batch_size * spec.train.seq_len
             out.update({"torch_step_ms": statistics.median(times["torch"]) * 1e3,
                         "torch_tokens_per_s": tokens / statistics.median(times["torch"]),
@@ -373,10 +262,10 @@ def main(argv: Sequence[str]) -> None:
                         "jax_step_ms_timed_with_torch": statistics.median(times["jax"]) * 1e3,
                         "jax_step_ms_timed_with_torch_best": min(times["jax"]) * 1e3,
                         # throughput ratios (JAX tokens/s over PyTorch tokens/s)
-                        "jax_over_torch": _ratio(times["torch"], times["jax"]),
-                        "jax_over_torch_best": _best_ratio(times["torch"], times["jax"])})
+                        "jax_over_torch": lib.ratio(times["torch"], times["jax"]),
+                        "jax_over_torch_best": lib.best_ratio(times["torch"], times["jax"])})
     if "group" in parts:
-        out.update(bench_group(setup, sizes, steps, repeats, warmup))
+        out.update(lib.bench_group(setup, sizes, steps, repeats, warmup))
     print(json.dumps(out, indent=2))
 
 

@@ -46,15 +46,17 @@ def test_shipped_configs_fit_80gb_gpus_under_cudnn(module, devices, microbatches
     assert est.sequences_per_device == 64 and est.data == MAX_TOKENS_BYTES
 
 
-def test_target_fits_a_tpu_v4_32_slice_with_two_microbatches():
-    """XLA attention on TPU keeps the S x S scores: 16 v4 chips need 2 microbatches, as the TPU command says."""
+def test_target_fits_a_tpu_v4_32_slice():
+    """XLA attention on TPU keeps the S x S scores: on 16 v4 chips one slice fits when the batches come from a token
+    store; the largest in-memory corpus (8 GiB on every chip) needs 2."""
     cfg, train = _cfg(target)
     choice = attention_choice(cfg, "tpu")
     assert choice.impl == "xla" and not choice.flash
-    kw = _kw(train, 16, device_bytes=TPU_V4, attention=choice.impl, data_bytes=MAX_TOKENS_BYTES)
-    assert memory.check(cfg, **{**kw, "microbatches": 2}).total <= memory.HEADROOM * TPU_V4
+    kw = _kw(train, 16, device_bytes=TPU_V4, attention=choice.impl)
+    assert memory.check(cfg, **{**kw, "microbatches": 1}).total <= memory.HEADROOM * TPU_V4
+    assert memory.check(cfg, **{**kw, "microbatches": 2, "data_bytes": MAX_TOKENS_BYTES}).total <= 0.9 * TPU_V4
     with pytest.raises(InputError, match="raise train.microbatches from 1 to 2"):
-        memory.check(cfg, **{**kw, "microbatches": 1})
+        memory.check(cfg, **{**kw, "microbatches": 1, "data_bytes": MAX_TOKENS_BYTES})
 
 
 def test_the_path_taken_decides_the_estimate():

@@ -52,8 +52,9 @@ class MemoryEstimate:
 
     def to_dict(self) -> dict:
         parts = ("state", "gathered_weights", "activations", "logits", "data")
-        return {**{f"{k}_gib": round(getattr(self, k) / GiB, 2) for k in parts}, "total_gib": round(self.total / GiB, 2),
-                "sequences_per_device": self.sequences_per_device, "attention": self.attention}
+        return {**{f"{k}_gib": round(getattr(self, k) / GiB, 2) for k in parts},
+                "total_gib": round(self.total / GiB, 2), "sequences_per_device": self.sequences_per_device,
+                "attention": self.attention}
 
 
 def data_bytes_per_device(devices: int, *, replicated: Iterable[Any] = (), sharded: Iterable[Any] = ()) -> float:
@@ -61,7 +62,8 @@ def data_bytes_per_device(devices: int, *, replicated: Iterable[Any] = (), shard
     token buffers) or split over the devices (`sharded`, e.g. the evaluation set); None entries are skipped."""
 
     def nbytes(trees: Iterable[Any]) -> int:
-        return sum(int(np.asarray(x).nbytes) for t in trees if t is not None for x in jax.tree_util.tree_leaves(t))
+        leaves = (x for t in trees if t is not None for x in jax.tree_util.tree_leaves(t))
+        return sum(int(x.nbytes) if hasattr(x, "nbytes") else int(np.asarray(x).nbytes) for x in leaves)
 
     return float(nbytes(replicated)) + nbytes(sharded) / max(1, devices)
 
