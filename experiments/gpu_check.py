@@ -205,13 +205,8 @@ def part_data(setup: lib.JaxSetup, store_dir: str, steps: int, threads: int = 4)
 
 def part_train(config, store_dir: str, workdir: str, steps: int, batch: int) -> dict:
     """`steps` steps of the trainer reading the store (`data.source=store`): wall time, losses, last metrics."""
-    from bimix_jax.data import spec as data_spec
     from bimix_jax.train import loop
 
-    if "store" not in data_spec.SOURCES:
-        # TODO(train from a store): the trainer does not read `data.source=store` yet (bimix_jax/data/spec.py);
-        # this part runs as soon as it does, through the same config as `experiments.train`.
-        return {"status": "skipped", "reason": "the trainer cannot train from a token store yet (no data.source=store)"}
     config.data.source, config.data.path, config.data.domains = "store", store_dir, ""
     config.mixture = "uniform"
     if "online" in config:
@@ -229,7 +224,9 @@ def part_train(config, store_dir: str, workdir: str, steps: int, batch: int) -> 
     losses = [r["train_loss"] for r in records]
     rates = [r["tokens_per_s"] for r in records[1:] if r.get("tokens_per_s") == r.get("tokens_per_s")]  # not NaN
     waits = [r["data_wait_ms_per_step"] for r in records[1:] if "data_wait_ms_per_step" in r]
-    return {"status": "ran", "steps": steps, "batch_size": batch, "wall_s_with_compile_and_eval": wall,
+    with open(os.path.join(workdir, loop.CONFIG_FILE), encoding="utf-8") as f:
+        vocab_size = json.load(f)["vocab_size"]  # the store's tokenizer decides the model's vocabulary
+    return {"steps": steps, "batch_size": batch, "vocab_size": vocab_size, "wall_s_with_compile_and_eval": wall,
             "trainer_tokens_per_s_median": statistics.median(rates) if rates else None,
             "trainer_data_wait_ms_per_step_median": statistics.median(waits) if waits else None,
             "first_logged_train_loss": losses[0], "last_logged_train_loss": losses[-1],
