@@ -3,6 +3,8 @@
     python -m experiments.bench_data
     python -m experiments.bench_data --spec=vocab_size=4096,embedded_chars_per_domain=1000000 --repeats=5
     python -m experiments.bench_data --mode=store --corpus_mb=2048 --compare_mb=200
+    python -m experiments.bench_data --mode=store --corpus_mb=2048 --workers=2 --store=/data/bench_store
+    python -m experiments.bench_data --mode=train --store=/data/bench_store --steps=60
 
 `--spec` overrides `DataSpec` fields (`key=value`, comma-separated). Each repeat prepares into a fresh
 temporary workdir, then loads it again from the cache; the medians and every sample are printed.
@@ -10,7 +12,11 @@ temporary workdir, then loads it again from the cache; the medians and every sam
 `--mode=store` writes a generated jsonl corpus (4 domains of random words) of `--corpus_mb` MB and streams
 it into a token store (`bimix_jax.data.store`) in a child process, reporting tokens/s and the child's peak
 RSS; with `--compare_mb` it also prepares a corpus of that size both ways, streamed and in memory
-(`prepare_data`), each in its own child process.
+(`prepare_data`), each in its own child process. It also encodes documents of the same corpus with plain
+SentencePiece in one process, before and after: a store worker's tokens per second over that rate comes first.
+
+`--mode=train` trains a runlocal-sized model for `--steps` steps from the token store `--store` in a child
+process: its peak RSS (which must not grow with the store's size) and the wait for batches per step.
 
 `--mode=input` reads batches of 64 x 1025 tokens of the mixture input (`bimix_jax.data.input`) from a store:
 the cost of one batch, and the wait per step behind a consumer sleeping 100 ms per step (standing in for a
@@ -32,11 +38,13 @@ from experiments import cli
 
 _SPEC = flags.DEFINE_string("spec", "", "DataSpec overrides, e.g. vocab_size=4096,seed=1.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions of each step.")
-_MODE = flags.DEFINE_enum("mode", "prepare", ["prepare", "store", "input"], "What to measure.")
+_MODE = flags.DEFINE_enum("mode", "prepare", ["prepare", "store", "input", "train"], "What to measure.")
 _CORPUS_MB = flags.DEFINE_integer("corpus_mb", 256, "store mode: size of the generated corpus streamed into a store.")
 _COMPARE_MB = flags.DEFINE_integer("compare_mb", 0, "store mode: corpus size for streamed vs in-memory (0: skip).")
 _WORKERS = flags.DEFINE_integer("workers", 1, "store mode: local worker processes of prepare_store.")
 _DIR = flags.DEFINE_string("dir", "", "store mode: scratch folder (default: a temporary folder, removed after).")
+_STORE = flags.DEFINE_string("store", "", "store mode: keep the store here; train mode: the store to train from.")
+_STEPS = flags.DEFINE_integer("steps", 60, "train mode: training steps.")
 
 
 def _timed(fn, repeats: int) -> tuple[list[float], object]:
@@ -55,7 +63,15 @@ def main(argv: Sequence[str]) -> None:
 
         with tempfile.TemporaryDirectory(dir=_DIR.value or None) as tmp:
             print(json.dumps(bench_data_lib.measure(tmp, corpus_mb=_CORPUS_MB.value, compare_mb=_COMPARE_MB.value,
-                                                 workers=_WORKERS.value), indent=2))
+                                                 workers=_WORKERS.value, store_dir=_STORE.value), indent=2))
+        return
+    if _MODE.value == "train":
+        from experiments import bench_data_lib
+
+        if not _STORE.value:
+            cli.fail("--mode=train needs --store=<a token store folder>")
+        with tempfile.TemporaryDirectory(dir=_DIR.value or None) as tmp:
+            print(json.dumps(bench_data_lib.measure_train(_STORE.value, tmp + "/run", steps=_STEPS.value), indent=2))
         return
     if _MODE.value == "input":
         from experiments import bench_data_lib

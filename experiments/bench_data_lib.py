@@ -73,11 +73,36 @@ import json, time
 from bimix_jax.data import store
 spec = store.StoreSpec(sources={sources!r}, tokenizer_path={tok!r}, record_tokens=4096, val_fraction=0.01)
 t = time.perf_counter()
-store.prepare_store(spec, {out!r}, workers={workers})
+markers = store.prepare_store(spec, {out!r}, workers={workers})
 index = store.finalize_store(spec, {out!r})
 s = time.perf_counter() - t
 n = sum(sh["tokens"] for d in index["domains"].values() for sp in d.values() for sh in sp)
-print(json.dumps({{"tokens": n, "prepare_s": round(s, 2), "tokens_per_s": round(n / s), "peak_rss_mb": _peak_mb()}}))
+worker_s = sum(m["seconds"] for m in markers)
+print(json.dumps({{"tokens": n, "prepare_s": round(s, 2), "tokens_per_s": round(n / s),
+                  "tokens_per_worker_s": round(n / worker_s), "peak_rss_mb": _peak_mb()}}))
+"""
+    return _child(code)
+
+
+def _plain_sentencepiece(sources: dict, tok: str, mb_per_domain: int) -> dict:
+    """The baseline of a store worker: the same documents (the first `mb_per_domain` MB of each domain's first
+    file) parsed from json and encoded by plain SentencePiece in one thread, tokens/s."""
+    code = f"""
+import json, time
+import sentencepiece as spm
+sp = spm.SentencePieceProcessor(model_file={tok!r})
+docs = []
+for files in {sources!r}.values():
+    size = 0
+    for line in open(files[0], encoding="utf-8"):
+        docs.append(json.loads(line)["text"])
+        size += len(line)
+        if size >= {mb_per_domain} * 2**20:
+            break
+t = time.perf_counter()
+n = sum(len(ids) + 1 for ids in sp.encode(docs, num_threads=1))
+s = time.perf_counter() - t
+print(json.dumps({{"tokens": n, "encode_s": round(s, 2), "tokens_per_s": round(n / s)}}))
 """
     return _child(code)
 
@@ -107,7 +132,10 @@ def _tokenizer(sources: dict, path: str) -> str:
     return path
 
 
-def measure(tmp: str, *, corpus_mb: int, compare_mb: int, workers: int = 1) -> dict:
+def measure(tmp: str, *, corpus_mb: int, compare_mb: int, workers: int = 1, store_dir: str = "") -> dict:
+    """Streams a generated corpus of `corpus_mb` MB into a token store (kept in `store_dir` when given) and
+    compares a worker's throughput with plain SentencePiece on the same kind of documents; with `compare_mb`,
+    also a smaller corpus streamed against `prepare_data` in memory."""
     out: dict = {"workers": workers, "cpu_count": os.cpu_count()}
     t = time.perf_counter()
     sources = write_corpus(os.path.join(tmp, "big"), max(1, corpus_mb))
@@ -115,7 +143,11 @@ def measure(tmp: str, *, corpus_mb: int, compare_mb: int, workers: int = 1) -> d
     tok = _tokenizer(sources, os.path.join(tmp, "tok.model"))
     if corpus_mb:
         out["corpus_bytes"] = sum(os.path.getsize(f) for fs in sources.values() for f in fs)
-        out["streamed"] = _stream(sources, tok, os.path.join(tmp, "store_big"), workers)
+        out["plain_sentencepiece_before"] = _plain_sentencepiece(sources, tok, 16)
+        out["streamed"] = _stream(sources, tok, store_dir or os.path.join(tmp, "store_big"), workers)
+        out["plain_sentencepiece_after"] = _plain_sentencepiece(sources, tok, 16)
+        plain = max(out["plain_sentencepiece_before"]["tokens_per_s"], out["plain_sentencepiece_after"]["tokens_per_s"])
+        out["per_worker_over_plain_sentencepiece"] = round(out["streamed"]["tokens_per_worker_s"] / plain, 3)
     for f in (f for fs in sources.values() for f in fs):
         os.remove(f)
     if compare_mb:
@@ -164,3 +196,29 @@ def measure_input(tmp: str, *, corpus_mb: int = 32, batch_size: int = 64, seq_le
             "simulated_step_ms": step_ms, "prefetch_threads": threads,
             "wait_ms_per_step": {"median": round(wait_ms, 3), "max": round(max(waits) * 1e3, 3)},
             "wait_share_of_step": round(wait_ms / (step_ms + wait_ms), 5)}
+
+
+def measure_train(store_dir: str, workdir: str, *, steps: int = 60, batch_size: int = 16, seq_len: int = 128) -> dict:
+    """A runlocal-sized training run reading its batches from the token store in `store_dir`, in a child process:
+    its peak RSS (which must not grow with the store) and the host's wait for batches per step."""
+    code = f"""
+import json, statistics, time
+from configs import tiny
+from bimix_jax.train.loop import train_from_config
+c = tiny.get_config("runlocal")
+c.data.source, c.data.path = "store", {store_dir!r}
+c.train.steps, c.train.batch_size, c.train.seq_len = {steps}, {batch_size}, {seq_len}
+c.train.eval_every = c.train.checkpoint_every = {steps}
+c.train.log_every = 5
+t = time.perf_counter()
+res = train_from_config(c, {workdir!r})
+s = time.perf_counter() - t
+recs = [json.loads(x) for x in open({workdir!r} + "/metrics.jsonl")][1:]
+wait = statistics.median(r["data_wait_ms_per_step"] for r in recs)
+step_ms = statistics.median({batch_size * seq_len} / r["tokens_per_s"] * 1e3 for r in recs)
+print(json.dumps({{"steps": {steps}, "train_s": round(s, 1), "peak_rss_mb": _peak_mb(),
+                  "data_wait_ms_per_step": round(wait, 3), "step_ms": round(step_ms, 2),
+                  "data_wait_share": round(wait / step_ms, 4), "store_train_tokens": sum(res.usage[d]["windows_per_epoch"]
+                  for d in res.usage) * {seq_len + 1}}}))
+"""
+    return _child(code)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bimix_jax.data.input import ArraySource, MixtureInput, block_counts
+from bimix_jax.data.input import ArraySource, MixtureInput, block_counts, stage_rows
 from bimix_jax.errors import InputError
 
 S = 7  # seq_len; windows hold S + 1 = 8 tokens
@@ -14,11 +14,20 @@ def _sources(sizes=(8 * 50, 8 * 13 + 5, 8 * 200)):
     return {f"d{i}": ArraySource((np.arange(n, dtype=np.int32) + 100_000 * i)) for i, n in enumerate(sizes)}
 
 
-def test_block_counts_are_exact():
+def test_block_counts_are_exact_and_unbiased():
     assert block_counts(np.array([0.25, 0.5, 0.25]), 8).tolist() == [2, 4, 2]
-    c = block_counts(np.array([0.3, 0.0, 0.7]), 16)
-    assert c.tolist() == [5, 0, 11]  # 4.8 and 11.2: the one spare row goes to the larger fraction.
-    assert block_counts(np.array([1.0, 1.0, 1.0]), 7).tolist() == [3, 2, 2]
+    assert block_counts(np.array([0.25, 0.5, 0.25]), 8, block=5, u=0.7).tolist() == [2, 4, 2]  # integer counts
+    r = np.array([0.3, 0.0, 0.7])
+    for u in (0.0, 0.37, 0.99):
+        blocks = np.stack([block_counts(r, 16, b, u) for b in range(50)])
+        assert set(blocks[:, 0]) <= {4, 5} and set(blocks[:, 2]) <= {11, 12} and np.all(blocks[:, 1] == 0)
+        assert np.all(blocks.sum(axis=1) == 16)
+        # Over any prefix of blocks every domain stays within one row of its expected count: no domain is favoured.
+        assert np.all(np.abs(np.cumsum(blocks, axis=0) - np.outer(np.arange(1, 51) * 16, r)) < 1 + 1e-9)
+    # Equal weights over 8 rows in blocks of 7: 56 rows hold 56/3 = 18.67 of each, within one row.
+    third = np.ones(3) / 3
+    np.testing.assert_array_equal(stage_rows(third, 56, 0.5), [19, 18, 19])
+    assert np.all(np.abs(stage_rows(third, 56, 0.1) - 56 / 3) < 1)
 
 
 def test_batches_blocks_slices_epochs():

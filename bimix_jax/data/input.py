@@ -3,9 +3,12 @@
 * A domain's training tokens are cut into N_d windows of `seq_len + 1` tokens (window w holds tokens
   [w (S+1), (w+1)(S+1))). Draw k of domain d reads window `index_shuffle(k mod N_d)` under a key of
   (seed, d, epoch k // N_d): sampling without replacement within each epoch, a fresh order each epoch.
-* Rows are grouped in blocks of `block_size` sequences (a multiple of the global batch). A block holds
-  exactly the largest-remainder rounding of `block_size * r_d` rows of each domain (the expected count
-  whenever it is an integer), permuted within the block by a key of (seed, block).
+* Rows are grouped in blocks of `block_size` sequences (a multiple of the global batch). Within a stage, the
+  first n rows hold `floor(n C_d + u) - floor(n C_{d-1} + u)` rows of domain d (C: cumulative proportions, u:
+  a seeded uniform per stage): every block holds floor or ceil of `block_size * r_d` rows of domain d (exactly
+  that count when it is an integer), and over any number of blocks a domain's rows stay within one row of their
+  expected count, with no domain favoured in the rounding. Rows are permuted within a block by a key of
+  (seed, block).
 * The mixture is a schedule of stages `[(start_step, proportions_D), ...]` whose starts lie on block
   boundaries. Draw counts before any block have a closed form, so every batch is a pure function of
   (seed, step, process index, schedule): each process reads only its slice of the global batch, and a
@@ -25,7 +28,7 @@ import numpy as np
 
 from bimix_jax.errors import InputError
 
-__all__ = ["TokenSource", "ArraySource", "MixtureInput", "block_counts"]
+__all__ = ["TokenSource", "ArraySource", "MixtureInput", "block_counts", "stage_rows"]
 
 
 class TokenSource(Protocol):
@@ -51,17 +54,22 @@ class ArraySource:
         return np.asarray(self.tokens_T[start:start + length], dtype=np.int32)
 
 
-def block_counts(proportions_D: np.ndarray, block_size: int) -> np.ndarray:
-    """[D] int64 rows per domain in a block: floor(block r_d), the remainder to the largest fractions."""
+def stage_rows(proportions_D: np.ndarray, rows: int, u: float) -> np.ndarray:
+    """[D] int64 rows of each domain among the first `rows` rows of a stage: floor(rows C_d + u) - floor(rows
+    C_{d-1} + u), C the cumulative proportions (systematic sampling along the stream; sums to `rows`)."""
     r_D = np.asarray(proportions_D, dtype=np.float64)
-    r_D = r_D / r_D.sum()
-    exact_D = r_D * block_size
-    c_D = np.floor(exact_D + 1e-9).astype(np.int64)
-    extra = block_size - int(c_D.sum())
-    if extra > 0:
-        frac_D = np.where(r_D > 0, exact_D - c_D, -1.0)
-        c_D[np.argsort(-frac_D, kind="stable")[:extra]] += 1
-    return c_D
+    c_D = np.cumsum(r_D / r_D.sum())
+    c_D[-1] = 1.0
+    edges = np.floor(np.concatenate([[0.0], c_D]) * rows + u).astype(np.int64)
+    edges[0], edges[-1] = int(np.floor(u)), rows + int(np.floor(u))
+    return np.diff(edges)
+
+
+def block_counts(proportions_D: np.ndarray, block_size: int, block: int = 0, u: float = 0.0) -> np.ndarray:
+    """[D] int64 rows per domain in block `block` of a stage (see `stage_rows`): floor or ceil of
+    `block_size * r_d`, exactly that when it is an integer."""
+    return (stage_rows(proportions_D, (block + 1) * block_size, u)
+            - stage_rows(proportions_D, block * block_size, u))
 
 
 def _key(*parts: int) -> int:
@@ -123,23 +131,26 @@ class MixtureInput:
 
     # --- The pure function of (seed, step, process, schedule) --------------------------------------
 
-    def _stage_blocks(self) -> list[tuple[int, np.ndarray]]:
+    def _stages(self) -> list[tuple[int, int, np.ndarray, float]]:
+        """(first block, end block (None for the last), proportions, u) of each stage."""
         spb = self.block_size // self.batch_size
-        return [(start // spb, block_counts(np.asarray(r), self.block_size)) for start, r in self.schedule]
+        starts = [start // spb for start, _ in self.schedule]
+        return [(b0, starts[i + 1] if i + 1 < len(starts) else None, np.asarray(r, np.float64),
+                 np.random.default_rng([self.seed, b0, 0x7374]).random())
+                for i, (b0, (_, r)) in enumerate(zip(starts, self.schedule))]
 
     def _draws_before_block(self, block: int) -> np.ndarray:
         """[D] draws of each domain in blocks [0, block)."""
-        stages = self._stage_blocks()
         total_D = np.zeros(len(self.sources), np.int64)
-        for i, (b0, c_D) in enumerate(stages):
-            b1 = stages[i + 1][0] if i + 1 < len(stages) else block
-            total_D += c_D * max(0, min(b1, block) - b0)
+        for b0, b1, r, u in self._stages():
+            n = max(0, min(block if b1 is None else b1, block) - b0)
+            total_D += stage_rows(r, n * self.block_size, u)
         return total_D
 
     def _block_domains(self, block: int) -> np.ndarray:
         """[block_size] domain of each row of a block (permuted by a key of (seed, block))."""
-        stages = self._stage_blocks()
-        c_D = [c for b0, c in stages if b0 <= block][-1]
+        b0, _, r, u = [s for s in self._stages() if s[0] <= block][-1]
+        c_D = block_counts(r, self.block_size, block - b0, u)
         rows = np.repeat(np.arange(len(c_D), dtype=np.int32), c_D)
         return np.random.default_rng([self.seed, block, 0x6D6978]).permutation(rows)
 

@@ -118,6 +118,7 @@ def build(inp: ReportInputs) -> dict[str, Any]:
                         "relative_error_pct": val["average_prediction_error_pct"]},
             "curve": {k: {"mean": v["mean"], "worst": v["worst"], "pooled": v["pooled"]}
                       for k, v in val["curve"].items()}},
+        "data_use": _data_use(inp, val["recommended"]),
         "seed_noise": val.get("seed_noise"),
         "paired": val.get("paired", {}),
         "comparison": comparison,
@@ -127,6 +128,18 @@ def build(inp: ReportInputs) -> dict[str, Any]:
         "timing": inp.timing,
         "provenance": inp.provenance,
     }
+
+
+def _data_use(inp: ReportInputs, recommended: str) -> dict[str, Any] | None:
+    """Epochs of each domain's training data every run drew, and the confirmation run against the optimizer's
+    repetition cap (`pipeline.max_epochs`)."""
+    usage = {run: u for run, u in (inp.proxies.get("usage") or {}).items() if u}
+    if not usage:
+        return None
+    cap = float(inp.spec.get("max_epochs") or 0.0) or None
+    epochs = {run: {d: float(x["epochs"]) for d, x in u.items()} for run, u in usage.items()}
+    over = {d: e for d, e in epochs.get(recommended, {}).items() if cap is not None and e > cap}
+    return {"epochs": epochs, "max_epochs": cap, "recommended_over_cap": over}
 
 
 def _verdict(val: Mapping[str, Any]) -> str:
@@ -186,7 +199,19 @@ def markdown(rep: Mapping[str, Any], data_table: str) -> str:
     real = rec["realized_shares"] or {}
     rows.append(["**optimized**", *(f"{rec['mixture'][d]:.4f} / {real.get(d, float('nan')):.4f}" for d in domains),
                  "recommended by the fitted law"])
-    lines += _table(["candidate", *domains, "source"], rows) + ["", "Entropies (nats) behind the entropy mixtures:", ""]
+    lines += _table(["candidate", *domains, "source"], rows)
+    use = rep.get("data_use")
+    if use:
+        lines += ["", "Epochs of each domain's training data drawn by each run (windows drawn x window length / the "
+                  "domain's training tokens):", ""]
+        lines += _table(["run", *domains], [[run, *(f"{e.get(d, float('nan')):.3f}" for d in domains)]
+                                            for run, e in use["epochs"].items()])
+        if use["max_epochs"]:
+            over = use["recommended_over_cap"]
+            lines += ["", f"Repetition cap pipeline.max_epochs = {use['max_epochs']:g}: the confirmation run "
+                      + (f"drew more than that of {', '.join(f'{d} ({e:.2f})' for d, e in over.items())}."
+                         if over else "stays within it for every domain.")]
+    lines += ["", "Entropies (nats) behind the entropy mixtures:", ""]
     ent = rep["entropy_nats"]
     lines += _table(["domain", "tokens", "SE", "CE", "JE", "VNE"],
                     [[d, f"{ent[d]['tokens']:,}", *(_fmt(ent[d][k]) for k in ("se", "ce", "je", "vne"))]

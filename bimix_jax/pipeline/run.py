@@ -164,6 +164,7 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
                          seeds=[t.seed] * len(names) + [t.seed + k for k in range(1, len(noise) + 1)],
                          vmap=spec.vmap, extra_configs=[{**cfg, "pipeline_run": n} for n in run_dirs])
     proxies = {"realized_shares": {r.run_name: r.realized_shares for r in results},
+               "usage": {r.run_name: r.usage for r in results},
                "model_size": results[0].model_size, "steps": t.steps, "tokens_per_run": results[0].tokens}
     run_files = [os.path.join(d, f) for d in run_dirs.values() for f in (RUN_CONFIG_FILE, LOSSES_FILE)]
     fp_prox = provenance.fingerprint("proxies", fp_cand, [provenance.sha256_file(f) for f in run_files])
@@ -204,6 +205,7 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     opt_result = train_run(run_spec, tokens, r_opt, opt_dir, run_name=OPTIMIZED,
                            extra_config={**cfg, "pipeline_run": OPTIMIZED})
     proxies["realized_shares"][OPTIMIZED] = opt_result.realized_shares
+    proxies["usage"][OPTIMIZED] = opt_result.usage
     # The recommended mixture with the noise seeds too: paired per-seed differences against the first candidate.
     rec_noise_tables = {}
     for k in range(1, spec.noise_seeds + 1):
