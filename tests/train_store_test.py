@@ -145,3 +145,24 @@ def test_binaries_train_from_a_store(store_dir, tmp_path):
                           "--config.online.method=aioli", "--config.online.feedback_tokens=100000"], cwd=REPO,
                          env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "selection tokens" in bad.stderr and not os.path.exists(tmp_path / "bad")
+
+
+@pytest.mark.slow  # the whole runlocal pipeline and a comparison on a store (about 40 s)
+def test_pipeline_and_comparison_run_on_a_store(store_dir, tmp_path):
+    from bimix_jax.pipeline import compare, run
+    from configs import compare_tiny, pipeline_tiny
+
+    def on_store(c):
+        c.data.source, c.data.path = "store", store_dir
+        c.train.seq_len, c.train.eval_tokens = 16, 64
+        return c
+
+    result = run.run_pipeline(on_store(pipeline_tiny.get_config("runlocal")), str(tmp_path / "p"))
+    rep = result.report
+    assert set(result.mixture) == {"code", "math", "prose"}
+    assert set(rep["data_use"]["epochs"]) >= {"uniform", "optimized"}
+    assert "documents (train + select + val)" in open(result.paths["report_md"]).read()
+    cfg = on_store(compare_tiny.get_config("runlocal"))
+    cfg.compare.methods, cfg.compare.seeds = "uniform,natural,se,aioli", "0"
+    out = compare.compare_methods(cfg, str(tmp_path / "c"))
+    assert set(out["methods"]) == {"uniform", "natural", "se", "aioli"}
