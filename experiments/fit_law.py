@@ -1,7 +1,7 @@
 r"""Fits a mixing law to a loss table; optionally scores it on held-out runs or checkpoints.
 
-Laws: bimix, dml (the Data Mixing Law), and the regression laws linear, loglinear and kernel (one step,
-closed form).
+Laws: bimix, dml (the Data Mixing Law), and the regression laws linear, loglinear, kernel (one step, closed
+form) and lightgbm (RegMix's regressor; optional dependency: pip install -e '.[regmix]').
 
     python -m experiments.fit_law --losses=table.csv --law=bimix --model_size=160M --out=fit.json
     python -m experiments.fit_law --losses=table.csv --law=bimix --model_size=70M --holdout=mixtures \
@@ -10,10 +10,15 @@ closed form).
         --holdout=mixtures --holdout_runs=run_a,run_b --out=fit.json
     python -m experiments.fit_law --losses=table.csv --law=kernel --model_size=410M --target_step=60000 \
         --out=kernel.json
+    python -m experiments.fit_law --losses=regmix_1M.csv --normalize --law=lightgbm --search_samples=100000 \
+        --search_weights=pile_cc=1 --out=lightgbm.json
 
 Writes `--out`, a fitted-law file (`bimix_jax.laws.FittedLaw` JSON: parameters per eval domain, fit data
 summary, convergence report, and with `--holdout` the held-out metrics per domain), and with `--plot` a
-figure of observed vs fitted curves (plus held-out predictions vs observations). The law written is
+figure of observed vs fitted curves (plus held-out predictions vs observations). With `--search_samples`
+(regression laws) it also runs RegMix's search for the optimum: Dirichlet samples around the fitting mixtures'
+mean, the mean of the `--search_top_k` best by the `--search_weights`-weighted predicted loss; the result is in the
+summary (`regmix_search`). The law written is
 always the fit on the whole table; the held-out metrics come from a separate fit on the protocol's
 fitting rows. Bad input is one line on stderr and exit code 2, with nothing written.
 """
@@ -28,10 +33,10 @@ from absl import flags
 from experiments import cli
 
 _LOSSES = flags.DEFINE_string("losses", None, "Loss table CSV (run, step, p_<domain>..., eval_domain, loss).")
-_REGRESSION_LAWS = ("linear", "loglinear", "kernel")  # bimix_jax/laws/regression.py: one step, closed form
+_REGRESSION_LAWS = ("linear", "loglinear", "kernel", "lightgbm")  # laws/regression.py, laws/lightgbm_law.py
 _LAW = flags.DEFINE_enum("law", None, ["bimix", "dml", *_REGRESSION_LAWS, "ye"],
                          "Law to fit: bimix, dml (Data Mixing Law; 'ye' is its older name), or a RegMix-style "
-                         "regression over the mixture at one step (linear, loglinear, kernel).")
+                         "regression over the mixture at one step (linear, loglinear, kernel, lightgbm).")
 _OUT = flags.DEFINE_string("out", None, "Fitted-law JSON to write.")
 _MODEL_SIZE = flags.DEFINE_string("model_size", None, "Fit only rows of this model size (needed if the table has "
                                   "several).")
@@ -55,8 +60,41 @@ _LOSS = flags.DEFINE_enum("loss", "l2", ["l2", "huber"], "Fit objective on log l
 _HUBER_DELTA = flags.DEFINE_float("huber_delta", 0.05, "Huber threshold on log-loss residuals.")
 _DTYPE = flags.DEFINE_enum("dtype", "float64", ["float64", "float32"], "Solver precision.")
 _N_BOOT = flags.DEFINE_integer("n_boot", 0, "Bootstrap replicates over runs (quantiles go in the summary).")
-_SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+_SEED = flags.DEFINE_integer("seed", 0, "Bootstrap and search seed.")
+_SEARCH = flags.DEFINE_integer("search_samples", 0, "Regression laws: RegMix's search for the optimum with this many "
+                               "Dirichlet samples (0: no search).")
+_SEARCH_TOP_K = flags.DEFINE_integer("search_top_k", 128, "RegMix's search: average the mixtures of this many best "
+                                     "samples (RegMix: 128).")
+_SEARCH_WEIGHTS = flags.DEFINE_string("search_weights", "", "RegMix's search objective: weights per eval domain, "
+                                      "d=w,... (default: equal).")
 flags.mark_flags_as_required(["losses", "law", "out"])
+
+
+def _search(fitted, table):
+    """RegMix's search for the optimum under a regression law; the result goes in the summary."""
+    import dataclasses
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    from bimix_jax.laws import regression
+    from bimix_jax.mixture import constraints, optimize
+
+    weights = constraints.parse_domain_values(_SEARCH_WEIGHTS.value, "--search_weights")
+    w_E = jnp.asarray(optimize.eval_weights(fitted, weights))
+    at = np.isclose(table.step, fitted.target_step, rtol=1e-9)
+    prior = np.mean(np.stack(list(table.subset(at).mixtures().values())), axis=0)
+    model, params = fitted.model, {k: jnp.asarray(v) for k, v in fitted.params.items()}
+    r, info = regression.regmix_optimize(lambda x: model.predict(params, x, 0.0) @ w_E, prior / prior.sum(),
+                                         n_samples=_SEARCH.value, top_k=_SEARCH_TOP_K.value, seed=_SEED.value)
+    pred = np.asarray(model.predict(params, jnp.asarray(r), 0.0))
+    search = {"mixture": dict(zip(fitted.train_domains, r.tolist())), "weights": dict(zip(fitted.eval_domains,
+                                                                                             np.asarray(w_E).tolist())),
+              "predicted_loss": dict(zip(fitted.eval_domains, pred.tolist())), "prior": "mean of the fitted mixtures",
+              **info}
+    print("RegMix search: " + ", ".join(f"{d}={p:.3f}" for d, p in search["mixture"].items() if p >= 0.001)
+          + f"; predicted weighted loss {float(pred @ np.asarray(w_E)):.4f} (others < 0.001)")
+    return dataclasses.replace(fitted, summary={**fitted.summary, "regmix_search": search})
 
 
 def main(argv: Sequence[str]) -> None:
@@ -76,6 +114,13 @@ def main(argv: Sequence[str]) -> None:
             raise InputError("--target_step applies to --law=dml and the regression laws only; drop it")
         checks.in_range("--target_step", _TARGET_STEP.value, low=0, low_open=True, hint="give a step > 0")
         law_options["target_step"] = _TARGET_STEP.value
+    if _SEARCH.value and not regression:
+        raise InputError("--search_samples applies to the regression laws (linear, loglinear, kernel, lightgbm); "
+                         "optimise other laws with experiments.optimize_mixture")
+    if _SEARCH.value:
+        checks.in_range("--search_samples", _SEARCH.value, low=1, high=10_000_000, integer=True, hint="pick 100000")
+        checks.in_range("--search_top_k", _SEARCH_TOP_K.value, low=1, high=_SEARCH.value, integer=True,
+                        hint="pick e.g. 128, at most --search_samples")
     if regression and (_STEP_MIN.value is not None or _N_BOOT.value or _HOLDOUT.value):
         raise InputError(f"--step_min, --n_boot and --holdout do not apply to --law={law} (one step, closed-form fit); "
                          "drop them (experiments.compare_laws scores the regression laws on held-out mixtures)")
@@ -123,6 +168,8 @@ def main(argv: Sequence[str]) -> None:
         sub = table.for_eval_domains(_EVAL_DOMAINS.value) if _EVAL_DOMAINS.value else table
         report = protocols.evaluate(sub, law, _HOLDOUT.value, holdout_runs=_HOLDOUT_RUNS.value, **options)
     fitted = protocols.attach(fitted, report)
+    if _SEARCH.value:
+        fitted = _search(fitted, table)
     figure = None
     if _PLOT.value:
         rows = table.for_model_size(_MODEL_SIZE.value)

@@ -182,7 +182,11 @@ def main(argv: Sequence[str]) -> None:
             sp = agg["spearman"]
             lines.append(f"weighted mean loss per run: bias {agg['bias_nats']:+.4f} nats, mean abs error "
                          f"{agg['mae_nats']:.4f} nats" + (f", Spearman {sp:.2f}" if sp is not None else ""))
-    lines.append(f"first fitted step {result['step_law']['min_step']:g}; size exponent {result['size_law']['alpha']}")
+    alpha = result["size_law"]["alpha"]
+    alpha = f"{alpha:.3f}" if not isinstance(alpha, dict) else \
+        f"{min(alpha.values()):.3f}-{max(alpha.values()):.3f} over {len(alpha)} eval domains"
+    lines.append(f"first fitted step {result['step_law']['min_step']:g} ({opts.min_step or 'all'}); size law "
+                 f"{result['size_law']['form']}, exponent {alpha}")
     lines.append("optimum: " + ", ".join(f"{d}={p:.3f}" for d, p in optimum["mixture"].items()) +
                  f"; predicted weighted loss {optimum['predicted_loss']['optimum']['total']:.4f}")
     lines += [f"warning: {w}" for w in optimum["warnings"]]

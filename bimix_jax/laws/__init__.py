@@ -3,7 +3,7 @@
 Importing this package registers every law (`get_law('bimix')`, `get_law('dml')`).
 """
 
-from bimix_jax.laws import bimix, dml, regression  # noqa: F401  (registration)
+from bimix_jax.laws import bimix, dml, lightgbm_law, regression  # noqa: F401  (registration; LightGBM optional)
 from bimix_jax.laws.base import FitProblem, FittedLaw, Law, get_law, register, registered_laws
 from bimix_jax.laws.fit import fit_bootstrap, fit_law
 

@@ -152,12 +152,14 @@ def describe(fitted: FittedLaw) -> str:
     lines = [head]
 
     def fmt(v):
+        if isinstance(v, str):
+            return v
         return "[" + ", ".join(f"{x:.3g}" for x in v) + "]" if isinstance(v, list) else f"{v:.4g}"
 
     for e, d in (s.get("domains") or {}).items():
         c = d.get("convergence")
         if c is None:  # A regression law: closed form, no solver.
-            line = f"  {e}: " + ", ".join(f"{k}={fmt(v)}" for k, v in d.items() if k != "holdout") \
+            line = f"  {e}: " + ", ".join(f"{k}={fmt(v)}" for k, v in d.items() if k != "holdout" and v != "") \
                 + "; closed-form fit"
         else:
             line = (f"  {e}: " + ", ".join(f"{k}={fmt(v)}" for k, v in d["params"].items())

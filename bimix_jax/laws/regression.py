@@ -7,11 +7,13 @@ fitted on the runs measured there (no step law: many small runs, one step):
 * `loglinear`: log L = b + w . r                   params b [E], w [E, D]
 * `kernel`:    log L = mu + sum_n a_n k(r, x_n),  k = exp(-|r - x|^2 / (2 ls^2)), kernel ridge regression;
                params x [E, N, D] (training mixtures), a [E, N], mu [E], ls [E]. The length scale and the
-               ridge are chosen per eval domain on a grid by exact leave-one-out error (closed form:
-               residual_i = a_i / [(K + lam I)^-1]_ii), all grid cells in one vmapped JAX call.
+               ridge are chosen per eval domain on a grid (`LS_GRID` 0.02-20, `LAM_GRID` 1e-6-1) by exact
+               leave-one-out error (closed form: residual_i = a_i / [(K + lam I)^-1]_ii; one eigendecomposition
+               per length scale serves every ridge and every eval domain measured on the same runs); a choice at
+               an end of a grid is logged and marked in the summary (`at_grid_edge`).
 
-RegMix fits LightGBM trees; the kernel ridge is its smooth, differentiable stand-in (compare_laws measures
-both families side by side with the parametric laws). `regmix_optimize` is RegMix's search: many Dirichlet
+RegMix's own regressor, LightGBM, is `lightgbm_law.py` (optional dependency); the kernel ridge is its smooth,
+differentiable stand-in (compare_laws measures both families side by side with the parametric laws). `regmix_optimize` is RegMix's search: many Dirichlet
 samples around the token distribution, the mean of the top-k by predicted loss.
 """
 
@@ -22,13 +24,15 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from bimix_jax.errors import InputError
 from bimix_jax.mixture import proportions
 from bimix_jax.laws.base import FittedLaw, Law, register
 
-LS_GRID = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5)
-LAM_GRID = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1)
+# Kernel length scales and ridges tried (exact leave-one-out choice); a choice at an end of a grid is reported.
+LS_GRID = tuple(float(v) for v in np.geomspace(0.02, 20.0, 16))
+LAM_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 LINEAR_RIDGE = 1e-8  # keeps the least squares well posed on the simplex (sum r = 1 duplicates the intercept)
 
 
@@ -43,31 +47,38 @@ def _ridge_fit(x_NxD: np.ndarray, y_N: np.ndarray) -> tuple[float, np.ndarray]:
     return float(coef[0]), coef[1:]
 
 
-def _rbf(a_NxD: jax.Array, b_MxD: jax.Array, ls: jax.Array) -> jax.Array:
-    d2 = jnp.sum((a_NxD[:, None, :] - b_MxD[None, :, :]) ** 2, axis=-1)
-    return jnp.exp(-0.5 * d2 / ls ** 2)
+def _loo_all(x_NxD: np.ndarray, z_NxE: np.ndarray) -> np.ndarray:
+    """Leave-one-out mean squared error [LS, LAM, E] of kernel ridge on the centred columns of z, for every grid
+    cell: one eigendecomposition per length scale serves every ridge and every column (closed form: residual_i =
+    a_i / [(K + lam I)^-1]_ii)."""
+    out = np.empty((len(LS_GRID), len(LAM_GRID), z_NxE.shape[1]))
+    d2 = np.sum((x_NxD[:, None, :] - x_NxD[None, :, :]) ** 2, axis=-1)
+    for i, ls in enumerate(LS_GRID):
+        lam_K, v = np.linalg.eigh(np.exp(-0.5 * d2 / ls ** 2))
+        vz, v2 = v.T @ z_NxE, v * v
+        for j, lam in enumerate(LAM_GRID):
+            inv_K = 1.0 / np.maximum(lam_K + lam, 1e-300)
+            a = v @ (inv_K[:, None] * vz)
+            diag = v2 @ inv_K
+            out[i, j] = np.mean((a / diag[:, None]) ** 2, axis=0)
+    return out
 
 
-@jax.jit
-def _loo_grid(x_NxD: jax.Array, z_N: jax.Array, ls_G: jax.Array, lam_G: jax.Array) -> jax.Array:
-    """Leave-one-out mean squared error of kernel ridge on centred z, per (ls, lam) cell [G]."""
-
-    def one(ls, lam):
-        a_inv = jnp.linalg.inv(_rbf(x_NxD, x_NxD, ls) + lam * jnp.eye(z_N.shape[0]))
-        return jnp.mean((a_inv @ z_N / jnp.diagonal(a_inv)) ** 2)
-
-    return jax.vmap(one)(ls_G, lam_G)
-
-
-def _kernel_fit(x_NxD: np.ndarray, logy_N: np.ndarray) -> dict[str, np.ndarray]:
-    mu = float(np.mean(logy_N))
-    ls_g, lam_g = (np.array(v, float).ravel() for v in np.meshgrid(LS_GRID, LAM_GRID, indexing="ij"))
-    with jax.enable_x64(True):
-        loo = np.asarray(_loo_grid(x_NxD, logy_N - mu, ls_g, lam_g))
-        i = int(np.argmin(np.where(np.isfinite(loo), loo, np.inf)))
-        k = np.asarray(_rbf(jnp.asarray(x_NxD), jnp.asarray(x_NxD), ls_g[i]))
-    a = np.linalg.solve(k + lam_g[i] * np.eye(len(logy_N)), logy_N - mu)
-    return {"x": x_NxD, "a": a, "mu": mu, "ls": ls_g[i], "lam": lam_g[i], "loo_rmse_log": float(np.sqrt(loo[i]))}
+def _kernel_fit(x_NxD: np.ndarray, logy_NxE: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Per column of logy, the kernel ridge with the best (ls, lam) by exact leave-one-out error."""
+    mu = np.mean(logy_NxE, axis=0)
+    loo = _loo_all(x_NxD, logy_NxE - mu)
+    out = []
+    for e in range(logy_NxE.shape[1]):
+        cell = np.where(np.isfinite(loo[..., e]), loo[..., e], np.inf)
+        i, j = np.unravel_index(int(np.argmin(cell)), cell.shape)
+        ls, lam = LS_GRID[i], LAM_GRID[j]
+        k = np.exp(-0.5 * np.sum((x_NxD[:, None] - x_NxD[None]) ** 2, axis=-1) / ls ** 2)
+        a = np.linalg.solve(k + lam * np.eye(len(x_NxD)), logy_NxE[:, e] - mu[e])
+        edge = [name for name, idx, grid in (("ls", i, LS_GRID), ("lam", j, LAM_GRID)) if idx in (0, len(grid) - 1)]
+        out.append({"x": x_NxD, "a": a, "mu": float(mu[e]), "ls": ls, "lam": lam,
+                    "loo_rmse_log": float(np.sqrt(cell[i, j])), "at_grid_edge": ",".join(edge)})
+    return out
 
 
 class _Regression(Law):
@@ -87,20 +98,28 @@ class _Regression(Law):
         if unknown:
             raise InputError(f"law {self.name} takes no option {unknown[0]!r}; remove it")
         target = float(np.max(table.step)) if target_step is None else float(target_step)
-        per, summary = [], {"target_step": target, "domains": {}}
+        summary = {"target_step": target, "domains": {}}
+        xs, ys = [], []
         for e in self.eval_domains:
             x, y = _rows_at(table, e, target)
             if len(np.unique(np.round(x, 9), axis=0)) < self.min_runs:
                 raise InputError(f"eval domain {e!r}: {len(x)} runs measured at step {target:g}; the {self.name} "
                                  f"law needs at least {self.min_runs}: add runs or choose another --target_step")
-            p = self.fit_domain(x, y)
-            per.append(p)
-            summary["domains"][e] = {"runs": int(len(y)), **{k: float(v) for k, v in p.items() if np.ndim(v) == 0}}
+            xs.append(x)
+            ys.append(y)
+        per = self.fit_domains(xs, ys)
+        for e, y, p in zip(self.eval_domains, ys, per):
+            summary["domains"][e] = {"runs": int(len(y)), **{k: (v if isinstance(v, str) else float(v))
+                                                             for k, v in p.items() if np.ndim(v) == 0}}
         params = self.stack(per)
         return FittedLaw(self.name, self.version, self.train_domains, self.eval_domains, params, target, summary)
 
     def fit_domain(self, x_NxD: np.ndarray, y_N: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def fit_domains(self, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Per eval domain's (mixtures, losses), its parameters (override to share work across domains)."""
+        return [self.fit_domain(x, y) for x, y in zip(xs, ys)]
 
     def stack(self, per: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
         return {k: np.stack([np.asarray(p[k], float) for p in per]) for k in self.param_names}
@@ -147,7 +166,23 @@ class Kernel(_Regression):
     min_runs = 4
 
     def fit_domain(self, x_NxD, y_N):
-        return _kernel_fit(np.asarray(x_NxD, float), np.log(np.asarray(y_N, float)))
+        return _kernel_fit(np.asarray(x_NxD, float), np.log(np.asarray(y_N, float))[:, None])[0]
+
+    def fit_domains(self, xs, ys):
+        """Domains measured on the same mixtures share the eigendecompositions (one per length scale)."""
+        out: list = [None] * len(xs)
+        groups: dict[bytes, list[int]] = {}
+        for k, x in enumerate(xs):
+            groups.setdefault(np.ascontiguousarray(x, float).tobytes() + bytes(str(x.shape), "ascii"), []).append(k)
+        for idx in groups.values():
+            logy = np.stack([np.log(np.asarray(ys[k], float)) for k in idx], axis=1)
+            for k, p in zip(idx, _kernel_fit(np.asarray(xs[idx[0]], float), logy)):
+                out[k] = p
+        edge = [(e, p["at_grid_edge"], p["ls"], p["lam"]) for e, p in zip(self.eval_domains, out) if p["at_grid_edge"]]
+        for e, which, ls, lam in edge:
+            logging.warning("kernel law, eval domain %s: the leave-one-out choice (ls=%g, lam=%g) sits at the edge "
+                            "of the %s grid; the best setting may lie beyond it", e, ls, lam, which)
+        return out
 
     def stack(self, per):
         n = max(len(p["a"]) for p in per)  # Pad rows with a = 0 (no contribution).

@@ -6,12 +6,15 @@ Candidates are (law, options) pairs by name (`CANDIDATES`). Protocols, each prod
 * `last_step`: the last checkpoint of every (run, eval domain) is held out; laws without a step model fit
   at that step from the earlier checkpoints (dml: through step laws; regression laws cannot: skipped);
 * `leave_one_out`: each mixture (run) in turn is held out; the rest fit; predict it at the target step;
-* `kfold`: the runs, shuffled by `seed`, in k folds, each held out in turn.
+* `kfold`: the runs, shuffled by `seed`, in k folds, each held out in turn;
+* `split`: the runs matching `test_runs` (glob patterns, e.g. RegMix's `1M_test_*`) are held out once, the
+  others fit.
 
 Mixture protocols compare at one target step (default: the table's largest). `score` gives, over the
 held-out points: R^2 of log loss per eval domain (mean over domains), mean relative error (%), and the
 Spearman correlation of the aggregated loss (mean over eval domains, per held-out run): does the law rank
-mixtures right, with percentile bootstrap intervals over held-out runs. A fold the law cannot fit (too
+mixtures right, with percentile bootstrap intervals over held-out runs; and per eval domain R^2, Spearman
+and relative error (RegMix's protocol scores each eval domain's ranking). A fold the law cannot fit (too
 few mixtures, a zero own proportion) is skipped and its reason kept.
 """
 
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import fnmatch
 
 import numpy as np
 
@@ -37,8 +42,9 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "linear": ("linear", {}),
     "loglinear": ("loglinear", {}),
     "kernel": ("kernel", {}),
+    "lightgbm": ("lightgbm", {}),
 }
-PROTOCOLS = ("last_step", "leave_one_out", "kfold")
+PROTOCOLS = ("last_step", "leave_one_out", "kfold", "split")
 
 
 def candidate(name: str) -> tuple[str, dict]:
@@ -66,17 +72,24 @@ def _predict(name: str, train: LossTable, test: LossTable, step: float | None) -
     return pred
 
 
-def _folds(table: LossTable, protocol: str, k: int, seed: int) -> list[tuple[str, ...]]:
+def _folds(table: LossTable, protocol: str, k: int, seed: int, test_runs: Sequence[str] | None = None
+           ) -> list[tuple[str, ...]]:
     runs = list(table.runs)
     if protocol == "leave_one_out":
         return [(r,) for r in runs]
+    if protocol == "split":
+        held = tuple(r for r in runs if any(fnmatch.fnmatchcase(r, p) for p in (test_runs or ())))
+        if not held or len(held) == len(runs):
+            raise InputError(f"--test_runs={','.join(test_runs or ())} holds out {len(held)} of the {len(runs)} runs "
+                             "of the split protocol; name some runs to hold out, not all")
+        return [held]
     order = np.random.default_rng(seed).permutation(len(runs))
     k = min(k, len(runs))
     return [tuple(runs[i] for i in order[j::k]) for j in range(k)]
 
 
 def heldout_points(table: LossTable, name: str, protocol: str, *, target_step: float | None = None, k: int = 5,
-                   seed: int = 0) -> dict[str, Any]:
+                   seed: int = 0, test_runs: Sequence[str] | None = None) -> dict[str, Any]:
     """Held-out points of candidate `name` under `protocol` (see module doc); one model size per table."""
     if table.has_model_size and len(table.model_sizes) > 1:
         raise InputError(f"loss table {table.source} has model sizes {', '.join(table.model_sizes)}; choose one")
@@ -90,9 +103,9 @@ def heldout_points(table: LossTable, name: str, protocol: str, *, target_step: f
         train = table.subset(~held)
         for s in np.unique(table.step[held]):
             parts.append((train, table.subset(held & (table.step == s)), float(s)))
-    elif protocol in ("leave_one_out", "kfold"):
+    elif protocol in ("leave_one_out", "kfold", "split"):
         target = float(np.max(table.step)) if target_step is None else float(target_step)
-        for fold in _folds(table, protocol, k, seed):
+        for fold in _folds(table, protocol, k, seed, test_runs):
             out = np.isin(table.run, fold)
             test = table.subset(out & np.isclose(table.step, target, rtol=1e-9))
             if len(test):
@@ -133,9 +146,17 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def _r2_log(obs: np.ndarray, pred: np.ndarray) -> float | None:
+    """R^2 of log loss; None when undefined (one point, no spread, or a prediction <= 0, as a linear law gives)."""
+    if np.any(pred <= 0):
+        return None
+    with np.errstate(invalid="ignore"):
+        return protocols.metrics(obs, pred)["r2_log"]
+
+
 def _metrics(pts: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, float | None]:
     obs, pred, dom, run = (pts[k][idx] for k in ("observed", "predicted", "eval_domain", "run"))
-    r2s = [protocols.metrics(obs[dom == e], pred[dom == e])["r2_log"] for e in np.unique(dom)]
+    r2s = [_r2_log(obs[dom == e], pred[dom == e]) for e in np.unique(dom)]
     r2s = [v for v in r2s if v is not None]
     n_dom = len(np.unique(pts["eval_domain"]))
     agg_o, agg_p = [], []
@@ -154,8 +175,14 @@ def score(pts: Mapping[str, np.ndarray], *, n_boot: int = 200, seed: int = 0) ->
     n = len(pts["observed"])
     out: dict[str, Any] = {"n_points": int(n), "n_runs": int(len(np.unique(pts["run"])))}
     if n == 0:
-        return {**out, **{k: None for k in ("r2_log", "mre_pct", "spearman_agg")}, "ci95": {}}
+        return {**out, **{k: None for k in ("r2_log", "mre_pct", "spearman_agg")}, "ci95": {}, "per_domain": {}}
     out.update(_metrics(pts, np.arange(n)))
+    out["per_domain"] = {}
+    for e in np.unique(pts["eval_domain"]):
+        m = pts["eval_domain"] == e
+        o, f = pts["observed"][m], pts["predicted"][m]
+        out["per_domain"][str(e)] = {"n": int(m.sum()), "r2_log": _r2_log(o, f),
+                                     "spearman": spearman(o, f), "mre_pct": float(100 * np.mean(np.abs(f / o - 1)))}
     runs = np.unique(pts["run"])
     rows_of = [np.flatnonzero(pts["run"] == r) for r in runs]
     rng = np.random.default_rng(seed)
@@ -170,8 +197,10 @@ def score(pts: Mapping[str, np.ndarray], *, n_boot: int = 200, seed: int = 0) ->
     return out
 
 
-def compare(table: LossTable, names: Sequence[str], protocols_: Sequence[str] = PROTOCOLS, *,
-            target_step: float | None = None, k: int = 5, seed: int = 0, n_boot: int = 200) -> dict[str, Any]:
+def compare(table: LossTable, names: Sequence[str], protocols_: Sequence[str] = ("last_step", "leave_one_out",
+                                                                                  "kfold"), *,
+            target_step: float | None = None, k: int = 5, seed: int = 0, n_boot: int = 200,
+            test_runs: Sequence[str] | None = None) -> dict[str, Any]:
     """{protocol: {candidate: score + folds}} for every candidate on the same folds."""
     for n in names:
         candidate(n)
@@ -179,7 +208,7 @@ def compare(table: LossTable, names: Sequence[str], protocols_: Sequence[str] = 
     for p in protocols_:
         out[p] = {}
         for n in names:
-            pts = heldout_points(table, n, p, target_step=target_step, k=k, seed=seed)
+            pts = heldout_points(table, n, p, target_step=target_step, k=k, seed=seed, test_runs=test_runs)
             out[p][n] = {**score(pts, n_boot=n_boot, seed=seed), "folds": pts["folds"],
                          "folds_skipped": pts["folds_skipped"], "skip_reasons": pts["skip_reasons"]}
     return out
@@ -216,4 +245,20 @@ def markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
         for n, s in per.items():
             lines.append(f"| {p} | {n} | {cell(s, 'r2_log', '.3f')} | {cell(s, 'mre_pct', '.2f')} | "
                          f"{cell(s, 'spearman_agg', '.2f')} | {s['n_points']} | {s['folds']} ({s['folds_skipped']}) |")
+    return "\n".join(lines)
+
+
+def per_domain_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per eval domain Spearman / R^2 of log loss, one row per (protocol, candidate)."""
+    domains = sorted({e for per in results.values() for s in per.values() for e in s.get("per_domain", {})})
+    lines = ["| protocol | law | " + " | ".join(domains) + " |", "|" + "---|" * (2 + len(domains))]
+    for p, per in results.items():
+        for n, s in per.items():
+            cells = []
+            for e in domains:
+                d = s.get("per_domain", {}).get(e)
+                sp = "-" if not d or d["spearman"] is None else f"{d['spearman']:.3f}"
+                r2 = "-" if not d or d["r2_log"] is None else f"{d['r2_log']:.3f}"
+                cells.append(f"{sp} / {r2}")
+            lines.append(f"| {p} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import numpy as np
 
 from bimix_jax import atomic
 from bimix_jax.pipeline import plots
+from bimix_jax.laws import transfer
 from bimix_jax.laws.base import FittedLaw
 from bimix_jax.loss_table import LossTable
 
@@ -94,6 +95,7 @@ def build(inp: ReportInputs) -> dict[str, Any]:
         "candidates": cands,
         "entropy_nats": {d: {k: ent[d].get(k) for k in ("se", "ce", "je", "vne", "tokens")} for d in ent},
         "proxies": {k: inp.proxies[k] for k in ("model_size", "steps", "tokens_per_run")},
+        "proxy_scale": transfer.proxy_note(inp.proxies["model_size"]),
         "law": {"name": inp.fitted.law, "fit_min_step": inp.fit["min_step"], "rows": inp.fit["rows"],
                 "runs": inp.fit["runs"], "steps": inp.fit["steps"],
                 "params": {e: d["params"] for e, d in law_domains.items()},
@@ -187,7 +189,9 @@ def markdown(rep: Mapping[str, Any], data_table: str) -> str:
              f"{rep['proxies']['model_size']} non-embedding parameters trained for {rep['proxies']['steps']} steps "
              f"({rep['proxies']['tokens_per_run']:,} tokens) each; BiMix fitted on their checkpoints from step "
              f"{rep['law']['fit_min_step']:g}; the recommended mixture trained and checked.", "",
-             f"**Verdict.** {rep['verdict']}", "", "## Data", "", data_table, "",
+             f"**Verdict.** {rep['verdict']}", "",
+             ("**Warning, proxy scale.** " if rep["proxy_scale"]["below_reliable"] else "**Proxy scale.** ")
+             + rep["proxy_scale"]["text"], "", "## Data", "", data_table, "",
              "## Candidates", "", "Requested proportion / realized share of training rows, per domain.", ""]
     rows = []
     for cand in rep["candidates"]:
