@@ -4,6 +4,8 @@
   procedure): grid over c / min(y), exponents by linear least squares for each c, then
   `scipy.optimize.least_squares(method='trf')` with bounds and an analytic Jacobian from the best starts.
 * `dml_predict`: L = c + k exp(t . r).
+* `bimix_reduced_lm`: BiMix's least-squares problem with alpha eliminated (3 parameters), MINPACK LM, the same
+  starts and variants as the jax fitter: the fair baseline of `bench_fit`.
 """
 
 from __future__ import annotations
@@ -54,3 +56,45 @@ def dml_bounded_scipy(r_ND: np.ndarray, y_N: np.ndarray, n_starts: int = 4) -> d
             best = sol
     p = best.x
     return {"c": p[0], "k": float(np.exp(p[1])), "t": q @ p[2:], "cost": float(best.cost)}
+
+
+def bimix_reduced_lm(x0_N: np.ndarray, x1_N: np.ndarray, logy_N: np.ndarray, theta0_SxP: np.ndarray,
+                     variant_S: np.ndarray, *, alpha_min: float, ftol: float, xtol: float, gtol: float,
+                     max_nfev: int | None = None) -> tuple[np.ndarray, float, int]:
+    """BiMix's reduced least-squares problem (alpha eliminated in closed form, theta = (log a', log c, log beta)),
+    solved by MINPACK Levenberg-Marquardt (`least_squares(method='lm')`) with its analytic Jacobian from each start;
+    variant 1 pins alpha at `alpha_min`, variant 0 profiles it (admissible if it ends >= alpha_min), as the jax
+    fitter does (`bimix_jax.laws.bimix.BiMixProfiledCurve`). Returns (best theta, best cost, evaluations)."""
+    x0, x1, ly = (np.asarray(v, float) for v in (x0_N, x1_N, logy_N))
+    den = float(x0 @ x0)
+
+    def parts(th):
+        u = th[0] - np.exp(th[2]) * x1
+        g = np.logaddexp(u, th[1]) - ly
+        sa, sc = np.exp(u - (g + ly)), np.exp(th[1] - (g + ly))
+        jac_g = np.stack([sa, sc, -sa * np.exp(th[2]) * x1], axis=1)
+        return g, jac_g
+
+    best, nfev = (None, np.inf), 0
+    for th0, v in zip(theta0_SxP, variant_S):
+        if v == 1:
+            def resid(th):
+                return parts(th)[0] - alpha_min * x0
+
+            def jac(th):
+                return parts(th)[1]
+        else:
+            def resid(th):
+                g = parts(th)[0]
+                return g - (g @ x0 / den) * x0
+
+            def jac(th):
+                jg = parts(th)[1]
+                return jg - np.outer(x0, x0 @ jg) / den
+        sol = optimize.least_squares(resid, th0, jac=jac, method="lm", ftol=ftol, xtol=xtol, gtol=gtol,
+                                     max_nfev=max_nfev)
+        nfev += sol.nfev
+        alpha = alpha_min if v == 1 else float(parts(sol.x)[0] @ x0 / den)
+        if alpha >= alpha_min and sol.cost < best[1]:
+            best = (sol.x, float(sol.cost))
+    return best[0], best[1], nfev

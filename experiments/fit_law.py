@@ -80,20 +80,25 @@ def _search(fitted, table):
     from bimix_jax.laws import regression
     from bimix_jax.mixture import constraints, optimize
 
+    from bimix_jax.laws.base import get_law
+
     weights = constraints.parse_domain_values(_SEARCH_WEIGHTS.value, "--search_weights")
-    w_E = jnp.asarray(optimize.eval_weights(fitted, weights))
+    w_all = optimize.eval_weights(fitted, weights)
+    keep = w_all > 0  # Only the eval domains the objective weighs are predicted (trees are costly).
+    domains = tuple(e for e, k in zip(fitted.eval_domains, keep) if k)
+    model = get_law(fitted.law)(fitted.train_domains, domains)
+    params = {k: jnp.asarray(np.asarray(v)[keep]) for k, v in fitted.params.items()}
+    w_E = jnp.asarray(w_all[keep])
     at = np.isclose(table.step, fitted.target_step, rtol=1e-9)
     prior = np.mean(np.stack(list(table.subset(at).mixtures().values())), axis=0)
-    model, params = fitted.model, {k: jnp.asarray(v) for k, v in fitted.params.items()}
     r, info = regression.regmix_optimize(lambda x: model.predict(params, x, 0.0) @ w_E, prior / prior.sum(),
                                          n_samples=_SEARCH.value, top_k=_SEARCH_TOP_K.value, seed=_SEED.value)
     pred = np.asarray(model.predict(params, jnp.asarray(r), 0.0))
-    search = {"mixture": dict(zip(fitted.train_domains, r.tolist())), "weights": dict(zip(fitted.eval_domains,
+    search = {"mixture": dict(zip(fitted.train_domains, r.tolist())), "weights": dict(zip(domains,
                                                                                              np.asarray(w_E).tolist())),
-              "predicted_loss": dict(zip(fitted.eval_domains, pred.tolist())), "prior": "mean of the fitted mixtures",
-              **info}
+              "predicted_loss": dict(zip(domains, pred.tolist())), "prior": "mean of the fitted mixtures", **info}
     print("RegMix search: " + ", ".join(f"{d}={p:.3f}" for d, p in search["mixture"].items() if p >= 0.001)
-          + f"; predicted weighted loss {float(pred @ np.asarray(w_E)):.4f} (others < 0.001)")
+          + f" (others < 0.001); predicted weighted loss {float(pred @ np.asarray(w_E)):.4f}")
     return dataclasses.replace(fitted, summary={**fitted.summary, "regmix_search": search})
 
 

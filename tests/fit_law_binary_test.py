@@ -79,3 +79,20 @@ def test_regression_law_fits_at_one_step(law, tmp_path, cache_dir):
         mix = np.array([r["p_code"], r["p_web"]])
         pred = np.asarray(model.predict(fitted.params, mix, 16000.0))[DOMAINS.index(r["eval_domain"])]
         assert abs(pred / r["loss"] - 1) < 0.02, (r, pred)
+
+
+def test_regmix_search_on_rounded_proportions(tmp_path, cache_dir):
+    """Proportions rounded by their source (sums 0.999-1.001) need --normalize; RegMix's search lands in the simplex
+    and predicts a loss no higher than the best fitted run's."""
+    rounded = [(0.333, 0.666), (0.201, 0.8), (0.6, 0.401), (0.8, 0.2), (0.5, 0.5), (0.7, 0.299)]
+    table = write(tmp_path / "t.csv", rows(mixtures=rounded, steps=[16000]))
+    out = tmp_path / "fit.json"
+    refused = run([f"--losses={table}", "--law=kernel", f"--out={out}"], cache_dir)
+    assert refused.returncode == 2 and "--normalize" in refused.stderr and not out.exists()
+    res = run([f"--losses={table}", "--law=kernel", "--normalize", "--search_samples=4000", "--search_top_k=20",
+               "--search_weights=web=1", f"--out={out}"], cache_dir)
+    assert res.returncode == 0, res.stderr
+    search = FittedLaw.load(out).summary["regmix_search"]
+    assert abs(sum(search["mixture"].values()) - 1) < 1e-9 and list(search["weights"]) == ["web"]
+    best_run = min(r["loss"] for r in rows(mixtures=rounded, steps=[16000]) if r["eval_domain"] == "web")
+    assert search["predicted_loss"]["web"] <= best_run * 1.01 and "RegMix search:" in res.stdout

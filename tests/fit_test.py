@@ -141,3 +141,17 @@ def test_a_failed_fit_is_an_input_error_not_garbage(noisy):
     nan_theta[2, 0] = np.nan
     with pytest.raises(InputError, match="eval domain 'web' failed"):
         fit.finish(prep, sol._replace(theta=nan_theta))
+
+
+def test_scipy_reduced_baseline_reaches_the_same_optimum(noisy):
+    """bench_fit's fair baseline solves the same reduced problem: the same cost per domain, from the same starts."""
+    baselines = pytest.importorskip("experiments.baselines")
+    from bimix_jax.laws.bimix import ALPHA_MIN
+
+    prep = fit.prepare(noisy, "bimix")
+    sol = lm.solve(prep.problem.model, prep.x, prep.logy, prep.w, prep.options)
+    for g, (x, y) in enumerate(zip(prep.problem.x, prep.problem.logy)):
+        theta0, variant = prep.problem.model.starts(x, y, np.ones((1, len(y))), prep.options.n_starts)
+        _, cost, _ = baselines.bimix_reduced_lm(x[:, 0], x[:, 1], y, theta0[0], variant[0], alpha_min=ALPHA_MIN,
+                                                ftol=1e-8, xtol=1e-10, gtol=1e-12)
+        assert cost == pytest.approx(sol.cost[g], rel=1e-6)
