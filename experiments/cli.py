@@ -7,7 +7,8 @@
 * the persistent JAX compilation cache is enabled before `main` runs (so a second process reuses
   compiled programs), unless `BIMIX_JAX_CACHE_DIR` is set to an empty string;
 * `jax.distributed.initialize()` is called when `BIMIX_JAX_DISTRIBUTED=1` (multi-host TPU/GPU pods:
-  JAX's multi-controller runtime; every host runs the same command);
+  JAX's multi-controller runtime; every host runs the same command; hosts launched by hand set
+  `JAX_COORDINATOR_ADDRESS`, `BIMIX_JAX_NUM_PROCESSES` and `BIMIX_JAX_PROCESS_ID`);
 * after `main` returns, the heap is frozen (`gc.freeze`), which spares the interpreter's final garbage
   collection at exit (~0.2 s of a short binary's wall time).
 
@@ -124,7 +125,10 @@ def setup_jax() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     if os.environ.get("BIMIX_JAX_DISTRIBUTED") == "1":
-        jax.distributed.initialize()
+        # On TPU pods, SLURM, Kubernetes or Open MPI, JAX finds the coordinator and the process ids itself; hosts
+        # launched by hand give them: JAX_COORDINATOR_ADDRESS=host:port, BIMIX_JAX_NUM_PROCESSES, BIMIX_JAX_PROCESS_ID.
+        n, pid = os.environ.get("BIMIX_JAX_NUM_PROCESSES"), os.environ.get("BIMIX_JAX_PROCESS_ID")
+        jax.distributed.initialize(num_processes=int(n) if n else None, process_id=int(pid) if pid else None)
         logging.info("JAX process %d/%d, %d local devices", jax.process_index(), jax.process_count(),
                      jax.local_device_count())
     # Devices are not touched here, so input errors found before any computation print one line only.

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from bimix_jax import loss_table
-from bimix_jax.data import store
 from bimix_jax.data.input import block_counts
 from bimix_jax.data.source import open_data
 from bimix_jax.data.spec import DataSpec
@@ -18,10 +17,9 @@ from bimix_jax.online import aioli
 from bimix_jax.train import inputs
 from bimix_jax.train.loop import train_run
 from bimix_jax.train.state import ModelSpec, OptimSpec, RunSpec, TrainSpec
+from tests.store_testlib import make_store
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORDS = {"code": "def x ( ) : return y + 1 ; for i in range while", "prose": "the cat sat on a mat and ran far away",
-         "math": "1 + 2 = 3 ; 4 * 5 = 20 ; 7 - 2 = 5 ; 9 / 3 = 3"}
 SPEC = RunSpec(ModelSpec(D=32, H=4, L=2, F=64), OptimSpec(lr=3e-3, warmup_steps=2),
                TrainSpec(steps=12, batch_size=8, seq_len=16, eval_every=4, eval_tokens=64, eval_batch_size=8,
                          checkpoint_every=4, log_every=2))
@@ -30,23 +28,7 @@ R = np.array([0.5, 0.25, 0.25])
 
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_store")
-    rng = np.random.default_rng(0)
-    sources = {}
-    for d, text in WORDS.items():
-        words = text.split()
-        sources[d] = []
-        for f in range(2):
-            path = root / f"{d}-{f}.jsonl"
-            docs = [" ".join(rng.choice(words, rng.integers(10, 60))) for _ in range(80)]
-            path.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
-            sources[d].append(str(path))
-    spec = store.StoreSpec(sources=sources, vocab_size=300, tokenizer_sample_chars=20_000, record_tokens=64,
-                           val_fraction=0.1, select_fraction=0.1)
-    out = str(root / "store")
-    store.prepare_store(spec, out)
-    store.finalize_store(spec, out)
-    return out
+    return make_store(str(tmp_path_factory.mktemp("train_store")))
 
 
 def _data(store_dir, domains=""):

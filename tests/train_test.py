@@ -18,6 +18,7 @@ from bimix_jax.data.tokens import DomainTokens
 from bimix_jax.errors import InputError
 from bimix_jax.train.evaluate import build_eval_set
 from bimix_jax.model import token_losses
+from bimix_jax.train import hosts
 from bimix_jax.train.loop import _mesh, compiled_programs, train_run
 from bimix_jax.train.state import ModelSpec, OptimSpec, RunSpec, TrainSpec, lr_schedule
 
@@ -180,11 +181,12 @@ def test_diverging_loss_stops_with_a_clear_error(tmp_path):
 def test_microbatches_match_one_big_batch(finished):
     repl = _programs().abstract_state.rows_D.sharding  # place inputs as `train_run` does: no recompilation
     compiled_before = _programs().train_step._cache_size()
-    data = jax.device_put(sampler.train_buffers(synthetic_tokens(), SPEC.train.seq_len), repl)
-    r_D = jax.device_put(np.asarray(MIX, np.float32), repl)
+    data = hosts.place(sampler.train_buffers(synthetic_tokens(), SPEC.train.seq_len), repl)
+    r_D = hosts.place(np.asarray(MIX, np.float32), repl)
+    key = jax.random.wrap_key_data(hosts.place(jax.random.key_data(jax.random.key(1)), repl))
     sliced_spec = dataclasses.replace(SPEC, train=dataclasses.replace(SPEC.train, microbatches=2))
-    whole = _programs().train_step(_programs().init(jax.random.key(0)), data, jax.random.key(1), 0, r_D)[0]
-    sliced = _programs(sliced_spec).train_step(_programs().init(jax.random.key(0)), data, jax.random.key(1), 0, r_D)[0]
+    whole = _programs().train_step(_programs().init(jax.random.key(0)), data, key, 0, r_D)[0]
+    sliced = _programs(sliced_spec).train_step(_programs().init(jax.random.key(0)), data, key, 0, r_D)[0]
     for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(sliced)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert compiled_before >= 1 and _programs().train_step._cache_size() == compiled_before

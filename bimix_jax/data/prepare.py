@@ -19,6 +19,7 @@ import functools
 import gzip
 import json
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -136,12 +137,18 @@ def _load_files(spec: DataSpec, ddir: str) -> PreparedData:
                         stats=stats["domains"], from_cache=True)
 
 
-def prepare_data(spec: DataSpec, workdir: str, *, num_threads: int = -1) -> PreparedData:
-    """Reads, splits and tokenizes the corpus `spec` describes, or loads it from `<workdir>/data/`."""
+def prepare_data(spec: DataSpec, workdir: str, *, num_threads: int = -1, wait_s: float = 3600.0) -> PreparedData:
+    """Reads, splits and tokenizes the corpus `spec` describes, or loads it from `<workdir>/data/`.
+
+    In a multi-host job only process 0 reads and tokenizes; the others wait up to `wait_s` for its cache in the
+    (shared) workdir and load it, so no host but one reads the corpus.
+    """
     ddir = data_dir(workdir)
     hit = _read_cache(spec, ddir)
     if hit is not None:
         return hit
+    if _process_index() != 0:
+        return _wait_for_cache(spec, ddir, wait_s)
     corpus = load_corpus(spec)
     if spec.tokenizer_path:
         tokenizer = Tokenizer.load(spec.tokenizer_path)
@@ -180,6 +187,23 @@ def prepare_data(spec: DataSpec, workdir: str, *, num_threads: int = -1) -> Prep
     })
     atomic.write_json(spec_path, spec.to_dict())
     return PreparedData(spec=spec, tokens=tokens, corpus=corpus, tokenizer_path=tok_path, stats=stats)
+
+
+def _process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
+def _wait_for_cache(spec: DataSpec, ddir: str, wait_s: float) -> PreparedData:
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        hit = _read_cache(spec, ddir)
+        if hit is not None:
+            return hit
+        time.sleep(2)
+    raise InputError(f"process {_process_index()} waited {wait_s:.0f} s for process 0 to prepare the data in {ddir}; "
+                     "the workdir must be on a filesystem every host shares (or use data.source=store)")
 
 
 def load_prepared(workdir: str) -> PreparedData:

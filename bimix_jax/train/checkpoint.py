@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from bimix_jax.errors import InputError
-from bimix_jax.train import manifest
+from bimix_jax.train import hosts, manifest
 
 UNVERIFIED_DIR = "checkpoints_unverified"
 
@@ -43,6 +43,7 @@ class Checkpointer:
         self._pending: list[int] = []  # saved steps not sealed yet
         if jax.process_index() == 0:
             self._set_aside_unverified()
+        hosts.barrier(f"checkpoints verified {self.directory}")  # every process then sees the same latest step
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
             create=True,

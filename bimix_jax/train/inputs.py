@@ -31,6 +31,7 @@ from bimix_jax.data import sampler
 from bimix_jax.data.input import MixtureInput
 from bimix_jax.data.tokens import DomainTokens
 from bimix_jax.errors import InputError
+from bimix_jax.train import hosts
 from bimix_jax.train.evaluate import EvalSet, build_eval_set
 from bimix_jax.train.segments import split_feedback
 from bimix_jax.train.state import TrainSpec
@@ -105,7 +106,7 @@ class MemoryInput(RunInput):
                               batch_size=t.eval_batch_size)
 
     def place(self, mesh: Mesh) -> None:
-        self.data = jax.device_put(self.buffers, NamedSharding(mesh, P()))
+        self.data = hosts.place(self.buffers, NamedSharding(mesh, P()))
 
     def batches(self, start: int, steps: int, stages: Stages, seed: int) -> Iterator[Any]:
         return itertools.repeat(self.data, steps)

@@ -46,7 +46,7 @@ from bimix_jax.model import DecoderConfig, format_size
 from bimix_jax.train.log import CHECKPOINT_DIR, LOSSES_FILE, METRICS_FILE, RunLog, shares  # noqa: F401 - re-exported
 from bimix_jax.train.segments import METHOD_FILE, ScheduleRunner
 from bimix_jax.train.state import RunSpec, init_state, make_optimizer, make_train_step
-from bimix_jax.train import inputs, memory, sharding
+from bimix_jax.train import hosts, inputs, memory, sharding
 from bimix_jax.online.schedule import MixingMethod
 from bimix_jax.online.static import Static
 from bimix_jax.online.spec import OnlineSpec
@@ -221,22 +221,25 @@ def train_run(
     record = run_record(spec, inp, None if method is not None else proportions_D, run_name, method)
     exists = check_workdir(workdir, record)
     # Every input is valid: from here on files are written.
-    writer = jax.process_index() == 0
+    writer = hosts.is_writer()
     if writer and not exists:
         atomic.write_json(os.path.join(workdir, CONFIG_FILE), {**record, "config": extra_config or {}})
+    hosts.barrier(f"run {run_name} config")
 
     cfg = spec.model.decoder(inp.vocab_size, t.seq_len)
     model_size = format_size(cfg.num_params()[1])
     programs = compiled_programs(cfg, spec, mesh, D, inp.batch_input)
     inp.place(mesh)
-    eval_set = jax.device_put(eval_np, programs.eval_sharding)
-    key_init, key_data = jax.random.split(jax.random.key(t.seed))
+    repl = NamedSharding(mesh, P())
+    eval_set = hosts.place(eval_np, programs.eval_sharding)
+    key_init, key_data = (jax.random.wrap_key_data(hosts.place(jax.random.key_data(k), repl))
+                          for k in jax.random.split(jax.random.key(t.seed)))
     log = RunLog(spec, inp.domains, workdir, run_name=run_name, model_size=model_size,
                  proportions_D=proportions_D if method is None else np.full(D, np.nan),
                  fingerprint=record["data_fingerprint"], writer=writer)
     feedback_fn = None
     if feedback_np is not None:
-        feedback_set = jax.device_put(feedback_np, programs.eval_sharding)
+        feedback_set = hosts.place(feedback_np, programs.eval_sharding)
 
         def feedback_fn(params):
             return np.asarray(jax.device_get(programs.eval(params, feedback_set)), np.float64)
@@ -267,8 +270,8 @@ def train_run(
             logging.info("run %s: %s from step %d to %d (model %s non-embedding params, %d devices)", run_name,
                          "resuming" if start is not None else "starting", start_step, t.steps, model_size,
                          mesh.size)
-            state = _loop(t.steps, state, start_step, programs, inp, eval_set, key_data, log, runner,
-                          NamedSharding(mesh, P()), online=method is not None)
+            state = _loop(t.steps, state, start_step, programs, inp, eval_set, key_data, log, runner, repl,
+                          online=method is not None)
         if method is not None:
             summary = (atomic.read_json(os.path.join(workdir, METHOD_FILE), what="method summary")
                        if finished_method else runner.finish(state))
@@ -276,6 +279,7 @@ def train_run(
             runner.stages = [(int(a), list(r)) for a, r in meta["schedule"].get("stages", [])]
     finally:
         log.close()
+    hosts.barrier(f"run {run_name} done")  # process 0 has written every row before anyone reads the table
     rows_D = np.asarray(jax.device_get(state.rows_D), np.int64)
     usage = inp.usage(t.steps, rows_D, runner.stages, t.seed) if runner.stages else None
     return RunResult(
@@ -299,7 +303,7 @@ def _loop(steps, state, start_step, programs: Programs, inp: inputs.RunInput, ev
     step = start_step
     while step < steps:
         segment = runner.current(step, state)
-        r_D = jax.device_put(np.asarray(segment.proportions, np.float32), repl)
+        r_D = hosts.place(np.asarray(segment.proportions, np.float32), repl)
         end = min(runner.segment_start + segment.steps, steps)
         batches = inp.batches(step, end - step, runner.stages, runner.seed)
         pending = None

@@ -55,7 +55,7 @@ from bimix_jax.mixture import proportions
 from bimix_jax.train.evaluate import make_eval_fn
 from bimix_jax.model import DecoderConfig, format_size
 from bimix_jax.train import memory
-from bimix_jax.train import inputs
+from bimix_jax.train import hosts, inputs
 from bimix_jax.train.log import RunLog, shares
 from bimix_jax.train.loop import (CONFIG_FILE, RunResult, _mesh, check_run_name, check_workdir,
                              compiled_programs, neutral_spec, run_record, train_run)
@@ -176,7 +176,7 @@ def train_runs(
         return [train_run(specs[k], tokens, r_KxD[k], workdirs[k], run_name=run_names[k], devices=devices,
                           extra_config=extra_configs[k]) for k in range(K)]
     # Every input is valid: from here on files are written.
-    writer = jax.process_index() == 0
+    writer = hosts.is_writer()
     for w, rec, there, extra in zip(workdirs, records, exists, extra_configs):
         if writer and not there:
             atomic.write_json(os.path.join(w, CONFIG_FILE), {**rec, "config": extra or {}})
@@ -196,7 +196,8 @@ def train_runs(
             logs[k].usage_fn = functools.partial(lambda step, rows_D, st, sd: inp.usage(step, rows_D, st, sd),
                                                  st=stages, sd=seed)
         starts = [log.latest_step() for log in logs]
-        keys = [jax.random.split(jax.random.key(s.train.seed)) for s in specs]  # (init, data) per run
+        keys = [[jax.random.wrap_key_data(hosts.place(jax.random.key_data(k), repl))
+                 for k in jax.random.split(jax.random.key(s.train.seed))] for s in specs]  # (init, data) per run
         states = [single.init(key[0]) if start is None else log.ckpt.restore(start, single.abstract_state)[0]
                   for log, key, start in zip(logs, keys, starts)]
         start_K = np.array([start or 0 for start in starts], np.int32)
@@ -208,10 +209,11 @@ def train_runs(
                          len(todo), model_size, mesh.size,
                          ", ".join(f"{run_names[k]} from step {start_K[k]}" for k in todo))
             state_A = group.stack([states[k] for k in todo])
-            key_A = jax.device_put(jnp.stack([keys[k][1] for k in todo]), repl)
-            r_AxD = jax.device_put(np.asarray(r_KxD[todo], np.float32), repl)
+            key_A = jax.random.wrap_key_data(hosts.place(
+                np.stack([np.asarray(jax.random.key_data(keys[k][1])) for k in todo]), repl))
+            r_AxD = hosts.place(np.asarray(r_KxD[todo], np.float32), repl)
             data = _GroupData(inp, mesh, t, [(int(start_K[k]), r_KxD[k].tolist(), specs[k].train.seed) for k in todo])
-            eval_set = jax.device_put(eval_np, single.eval_sharding)
+            eval_set = hosts.place(eval_np, single.eval_sharding)
             state_A = _group_loop(t.steps, state_A, start_K[todo], group, data, eval_set, key_A, r_AxD,
                                   [logs[k] for k in todo])
             for k, state in zip(todo, group.unstack(state_A)):
