@@ -39,7 +39,8 @@ def test_smoke_run_has_every_field(smoke):
     assert group["sequential_step_ms"] > 0 and group["vmapped_step_ms"] > 0 and group["speedup"] > 0
     data = smoke["data"]
     assert data["store_train_tokens"] > 0 and data["wait_ms_per_step"]["median"] >= 0
-    assert data["wait_share_of_step"] == pytest.approx(data["wait_ms_per_step"]["median"] / data["step_ms_without_input"])
+    wait = data["wait_ms_per_step"]["median"]
+    assert data["wait_share_of_step"] == pytest.approx(wait / data["step_ms_without_input"])
     train = smoke["train"]  # the trainer reading the store (data.source=store)
     assert train["steps"] == 4 and train["vocab_size"] == 512 and train["trainer_tokens_per_s_median"] > 0
     assert set(train["final_validation_losses"]) == {"alpha", "beta", "gamma", "delta"}
