@@ -1,9 +1,9 @@
 r"""Backtests of the nested prediction: every variant on splits whose targets the table measured.
 
     python -m experiments.backtest_nested --losses=../shared/data/pile3_github_books3_pilecc.csv \
-        --splits=70M+160M<=15000->160M@30000,70M+160M<=20000->160M@40000 --variants=step --out=bt.json
+        --splits='70M+160M<=15000->160M@30000,70M+160M<=20000->160M@40000' --variants=step --out=bt.json
     python -m experiments.backtest_nested --losses=../shared/data/pile3_github_books3_pilecc.csv \
-        --splits=70M+160M<=15000->410M@30000 --variants=size --out=bt.json --table=bt.md
+        --splits='70M+160M<=15000->410M@30000' --variants=size --out=bt.json --table=bt.md
 
 A split `SIZES<=MAX_STEP->SIZE@STEP` fits the step laws of the small sizes on checkpoints up to MAX_STEP and
 predicts SIZE at STEP (SIZE may be a small size: the step extrapolation alone). --variants: `step` (first

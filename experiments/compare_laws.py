@@ -5,7 +5,7 @@ r"""Every mixing law on the same held-out protocols, and transfer across scale: 
     python -m experiments.compare_laws --losses=table.csv --model_size=160M --laws=bimix,bimix_backtest,dml \
         --protocols=last_step,leave_one_out --out=compare.json
     python -m experiments.compare_laws --losses=regmix_1M.csv --normalize --laws=linear,kernel,lightgbm \
-        --protocols=split --test_runs=1M_test_* --out=regmix.json --table=regmix.md
+        --protocols=split --test_runs='1M_test_*' --out=regmix.json --table=regmix.md
     python -m experiments.compare_laws --losses=table.csv --transfer --protocols= --out=transfer.json
 
 Candidates (`bimix_jax.laws.select.CANDIDATES`): bimix, bimix_backtest (first step by backtesting), dml

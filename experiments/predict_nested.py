@@ -178,6 +178,12 @@ def main(argv: Sequence[str]) -> None:
         lines.append(f"{_TARGET_SIZE.value} at step {_TARGET_STEP.value:g}, {len(target.runs)} observed runs: mean "
                      f"relative error {score['mean']['mre_pct']:.2f}%, worst point {worst['re_pct']:.1f}% ({worst['run']}"
                      f", {worst['eval_domain']})" + (f", mean R2(log) {r2:.3f}" if r2 is not None else ""))
+        r_opt = np.array([optimum["mixture"][d] for d in fitted.train_domains])
+        near = nested.nearest_observed(target, r_opt, optimum["weights"])
+        report["optimum"]["nearest_observed"] = near
+        if near:
+            lines.append(f"optimum's nearest observed run: {near['nearest_run']} (L1 {near['nearest_l1']:.3f}), ranked "
+                         f"{near['nearest_rank']} of {near['runs']} by observed weighted loss (best: {near['best_run']})")
         if agg.get("runs"):
             sp = agg["spearman"]
             lines.append(f"weighted mean loss per run: bias {agg['bias_nats']:+.4f} nats, mean abs error "

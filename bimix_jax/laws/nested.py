@@ -281,3 +281,22 @@ def aggregate_error(observed: lt.LossTable, pred: np.ndarray, weights: Mapping[s
     return {"runs": int(o.size), "mae_nats": float(np.mean(np.abs(p - o))), "bias_nats": float(np.mean(p - o)),
             "mre_pct": float(100 * np.mean(np.abs(p / o - 1))), "spearman": select.spearman(o, p),
             "weights": {e: v / total for e, v in w.items()}}
+
+
+def nearest_observed(observed: lt.LossTable, r_D: np.ndarray, weights: Mapping[str, float]) -> dict[str, Any]:
+    """The observed run closest (L1) to the mixture r_D, its weighted mean loss and its rank among the observed
+    runs (1: lowest), and the best observed run: how the recommended mixture would have fared among them."""
+    total = {}
+    for r in observed.runs:
+        m = observed.run == r
+        have = dict(zip(observed.eval_domain[m].tolist(), observed.loss[m].tolist()))
+        if all(e in have for e, w in weights.items() if w > 0):
+            total[r] = sum(w * have[e] for e, w in weights.items() if w > 0) / sum(weights.values())
+    if not total:
+        return {}
+    mixes = observed.mixtures()
+    near = min(total, key=lambda r: float(np.abs(mixes[r] - r_D).sum()))
+    best = min(total, key=total.get)
+    return {"nearest_run": near, "nearest_l1": float(np.abs(mixes[near] - r_D).sum()),
+            "nearest_weighted_loss": total[near], "nearest_rank": 1 + sum(v < total[near] for v in total.values()),
+            "runs": len(total), "best_run": best, "best_weighted_loss": total[best]}
