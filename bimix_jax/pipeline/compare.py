@@ -42,6 +42,7 @@ from bimix_jax.online.schedule import realized_steps
 from bimix_jax.online.spec import OnlineSpec
 from bimix_jax.pipeline import compare_report, provenance, stages
 from bimix_jax.pipeline.spec import PipelineSpec
+from bimix_jax.train import hosts
 from bimix_jax.train.log import LOSSES_FILE
 from bimix_jax.train.loop import RunResult, train_run
 from bimix_jax.train.segments import read_trajectory
@@ -178,8 +179,10 @@ def compare_methods(config: Mapping, workdir: str) -> dict:
         if "aioli_restricted" in cspec.methods and aioli.config.sweeps * D * aioli.config.probe_steps >= T - short.train.steps:
             raise InputError("compare.restricted_fraction leaves too few steps after the prior for one Aioli round; "
                              "lower it or online.aioli.round_steps")
-    atomic.write_json(os.path.join(workdir, CONFIG_FILE), {"format": CONFIG_FORMAT, "config": atomic.to_jsonable(cfg)})
-    store = provenance.StageStore(workdir)
+    writer = hosts.is_writer()  # multi-host: every process computes, process 0 alone writes
+    if writer:
+        atomic.write_json(os.path.join(workdir, CONFIG_FILE), {"format": CONFIG_FORMAT, "config": atomic.to_jsonable(cfg)})
+    store = provenance.StageStore(workdir, writer=writer)
     runs = _Runs(workdir, run_spec, tokens, online.feedback_tokens, cfg)
     budget = T * run_spec.train.batch_size * run_spec.train.seq_len
     short_budget = short.train.steps * run_spec.train.batch_size * run_spec.train.seq_len
@@ -246,7 +249,7 @@ def compare_methods(config: Mapping, workdir: str) -> dict:
         aioli_rounds={m: results[m][0].method_summary["rounds"] for m in ("aioli", "aioli_restricted")
                       if m in results},
         config=cfg)
-    report = compare_report.write(workdir, inputs)
+    report = compare_report.write(workdir, inputs) if writer else compare_report.summarize(inputs)
     logging.info("comparison finished in %.1f s (this invocation); report %s", time.perf_counter() - start,
                  os.path.join(workdir, "report.md"))
     return report

@@ -104,8 +104,9 @@ def code_version() -> dict[str, Any]:
 class StageStore:
     """Stage outputs of one workdir under `stages/`, each with the fingerprint of its inputs."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, *, writer: bool = True):
         self.directory = os.path.join(workdir, STAGES_DIR)
+        self.writer = writer  # multi-host: only process 0 stores stages; the others compute the same outputs
 
     def path(self, name: str) -> str:
         return os.path.join(self.directory, f"{name}.json")
@@ -128,7 +129,8 @@ class StageStore:
     def save(self, name: str, fp: str, output: Any, seconds: float) -> dict:
         record = {"stage": name, "fingerprint": fp, "seconds": round(float(seconds), 3),
                   "code": code_version()["source_sha256"], "output": atomic.to_jsonable(output)}
-        atomic.write_json(self.path(name), record)
+        if self.writer:
+            atomic.write_json(self.path(name), record)
         return record
 
     def run(self, name: str, fp: str, compute: Callable[[], Any]) -> tuple[Any, dict]:

@@ -44,7 +44,7 @@ from bimix_jax.mixture import export, proportions
 from bimix_jax.pipeline.spec import (OPTIMIZED, RUN_FIELDS, PipelineSpec, check_workdir_config,
                                      read_history, write_workdir_config)
 from bimix_jax.train.loop import CONFIG_FILE as RUN_CONFIG_FILE, LOSSES_FILE, train_run
-from bimix_jax.train import inputs as run_inputs
+from bimix_jax.train import hosts, inputs as run_inputs
 from bimix_jax.train.many import train_runs
 from bimix_jax.train.state import RunSpec
 
@@ -133,9 +133,11 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
                      ", ".join(changed))
     history = read_history(workdir) + [{"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changed,
                                         "git_commit": code["git_commit"], "source_sha256": code["source_sha256"]}]
-    write_workdir_config(workdir, cfg, history)
-    atomic.write_json(os.path.join(workdir, "provenance.json"), code)
-    store = provenance.StageStore(workdir)
+    writer = hosts.is_writer()  # multi-host: every process computes, process 0 alone writes
+    if writer:
+        write_workdir_config(workdir, cfg, history)
+        atomic.write_json(os.path.join(workdir, "provenance.json"), code)
+    store = provenance.StageStore(workdir, writer=writer)
 
     # Candidates and their proxy runs.
     fp_cand = provenance.fingerprint("candidates", tokens.fingerprint(), {k: cfg["pipeline"][k] for k in RUN_FIELDS},
@@ -174,7 +176,8 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     cand_tables = {n: _read_table(run_dirs[n]) for n in names}
     candidates_table = loss_table.concat(list(cand_tables.values()), source="losses_candidates.csv")
     candidates_csv = candidates_table.to_csv()
-    atomic.write_text(os.path.join(workdir, "losses_candidates.csv"), candidates_csv)
+    if writer:
+        atomic.write_text(os.path.join(workdir, "losses_candidates.csv"), candidates_csv)
 
     # The law, its held-out scores and the best mixture.
     options = stages.fit_options(spec.fit_n_starts, spec.fit_loss, spec.fit_huber_delta)
@@ -185,7 +188,8 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
         candidates_table, min_step=spec.fit_min_step, options=options, leave_one_out=spec.leave_one_out,
         law=spec.law, target_step=float(spec.resolved_target_step(run_spec))))
     fitted = FittedLaw.from_json(fit_out["law"], source=store.path("fit"))
-    _export_json(os.path.join(workdir, "fit.json"), fit_out["law"])
+    if writer:
+        _export_json(os.path.join(workdir, "fit.json"), fit_out["law"])
     target = spec.resolved_target_step(run_spec)
     weights = spec.domain_values("objective_weights")
     fp_mix = provenance.fingerprint("mixture", fp_fit, target, weights, bounds.to_json(), spec.bootstrap,
@@ -193,10 +197,11 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     mix_out, _ = store.run("mixture", fp_mix, lambda: stages.mixture_stage(
         fitted, stages.fit_table(candidates_table, spec.fit_min_step), step=float(target), weights=weights,
         bounds=bounds, n_boot=spec.bootstrap, seed=spec.bootstrap_seed))
-    _export_json(os.path.join(workdir, "mixture.json"), mix_out)
     export_dir = os.path.join(workdir, "mixture_exports")
-    if not all(os.path.exists(os.path.join(export_dir, f)) for f in ("weights.json", "megatron_blend.txt")):
-        export.write_exports(export_dir, mix_out["export"])
+    if writer:
+        _export_json(os.path.join(workdir, "mixture.json"), mix_out)
+        if not all(os.path.exists(os.path.join(export_dir, f)) for f in ("weights.json", "megatron_blend.txt")):
+            export.write_exports(export_dir, mix_out["export"])
 
     # The recommended mixture, trained and checked against the law's prediction.
     r_opt = proportions.to_array(mix_out["mixture"], tokens.domains)
@@ -217,7 +222,8 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     tables = {**cand_tables, OPTIMIZED: _read_table(opt_dir)}
     all_table = loss_table.concat([*tables.values(), *noise_tables.values(), *rec_noise_tables.values()],
                                   source="losses.csv")
-    atomic.write_text(os.path.join(workdir, "losses.csv"), all_table.to_csv())
+    if writer:
+        atomic.write_text(os.path.join(workdir, "losses.csv"), all_table.to_csv())
     fp_val = provenance.fingerprint("confirm", fp_mix, provenance.sha256_bytes(all_table.to_csv().encode()))
     val_out, _ = store.run("confirm", fp_val, lambda: stages.confirm_stage(
         fitted, tables, recommended=OPTIMIZED, last_step=float(t.steps), min_step=spec.fit_min_step,
@@ -227,7 +233,7 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
     fp_rep = provenance.fingerprint("report", fp_val, proxies, report.REPORT_VERSION)
     paths = report.paths(workdir)
     rec = store.load("report", fp_rep)
-    if rec is None or not all(os.path.exists(p) for p in paths.values()):
+    if writer and (rec is None or not all(os.path.exists(p) for p in paths.values())):
         inputs = report.ReportInputs(
             config=cfg, spec=spec.to_dict(), data_table=_describe(prepared), candidates=cand_out,
             proxies=proxies, fit=fit_out, mixture=mix_out, confirmation=val_out, table=all_table, fitted=fitted,
@@ -237,6 +243,7 @@ def run_pipeline(config: Mapping, workdir: str) -> PipelineResult:
         rep_start = time.perf_counter()
         report.write(workdir, inputs)
         store.save("report", fp_rep, {"files": list(paths)}, time.perf_counter() - rep_start)
+    hosts.barrier("pipeline report")
     rep = atomic.read_json(paths["report_json"], what="pipeline report")
     logging.info("pipeline finished in %.1f s (this invocation); report %s", time.perf_counter() - start,
                  paths["report_md"])

@@ -221,6 +221,7 @@ def train_runs(
     finally:
         for log in logs:
             log.close()
+    hosts.barrier("runs done")  # process 0 has written every row before anyone reads the tables
     results = []
     for k, (log, state) in enumerate(zip(logs, states)):
         rows_D = np.asarray(jax.device_get(state.rows_D), np.int64)
