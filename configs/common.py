@@ -70,7 +70,7 @@ def model_config(*, D: int, H: int, L: int, F: int, dtype: str = "float32", rema
     m.F = F  # MLP hidden width, units
     m.dtype = dtype  # compute dtype: float32 (CPU) or bfloat16 (GPU/TPU); parameters stay float32
     m.remat = remat  # recompute block activations in the backward pass (memory for ~1/3 more compute)
-    m.attention = attention  # auto: jax.nn.dot_product_attention off CPU, einsum on CPU | einsum | dot_product
+    m.attention = attention  # auto (cuDNN on GPU where it can, XLA on TPU, einsum on CPU) | einsum | xla | cudnn
     return m
 
 

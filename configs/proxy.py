@@ -1,12 +1,14 @@
-"""The BiMix paper's proxy model (12 x 768, 12 heads, ~85M non-embedding parameters), for GPU/TPU.
+r"""The BiMix paper's proxy model (12 x 768, 12 heads, ~85M non-embedding parameters), for GPU/TPU.
 
 Recipe of Ge et al. (arXiv 2405.14908, section 4): sequences of 1024 tokens, global batch 512, AdamW
 (b1 0.9, b2 0.99, eps 1e-8, weight decay 0.01), peak lr 1e-3 decayed exponentially by 10x over
 training, bf16, data parallel; up to 200k steps (~105B tokens). Warmup is not stated in the paper.
 
-    python -m experiments.train --config=configs/proxy.py --workdir=workdirs/proxy \
-        --config.data.path='/data/pile/train/*.jsonl.zst' --config.mixture=natural
+    python -m experiments.prepare_store --mixed='/data/pile/train/*.jsonl.zst' --out=/data/pile_store --workers=16
+    python -m experiments.train --config=configs/proxy.py --config.data.path=/data/pile_store --workdir=workdirs/proxy
     python -m experiments.train --config=configs/proxy.py:runlocal --workdir=/tmp/proxy   # CPU smoke test
+
+The corpus is a token store (data.source=store): batches are read on the host, whatever the corpus's size.
 
 Meaning and unit of every field: configs/common.py. Launching on 8 GPUs or a TPU pod: docs/real_scale.md.
 """
@@ -22,9 +24,10 @@ from configs.common import (add_mixture_fields, data_config, model_config, onlin
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = parse_arg(arg, runlocal=False, steps=200_000)
     c = ml_collections.ConfigDict()
-    # Pile-style jsonl records, domain from meta.pile_set_name; data.path must be set on the command line.
-    c.data = data_config(source="jsonl", domain_field="meta.pile_set_name", vocab_size=32768,
-                         tokenizer_sample_chars=5_000_000)
+    # A token store made by experiments.prepare_store (e.g. from the Pile, domains from meta.pile_set_name);
+    # data.path must be set on the command line. data.domains chooses and orders its domains ('' = all). A store
+    # brings its own tokenizer; 32768 is prepare_store's default vocabulary (the memory estimates assume it).
+    c.data = data_config(source="store", vocab_size=32768)
     add_mixture_fields(c, mixture="natural")
     c.model = model_config(D=768, H=12, L=12, F=3072, dtype="bfloat16")  # head width 64, F = 4 x D
     c.optim = optim_config(lr=1e-3, schedule="exponential", warmup_steps=2000)  # warmup: not stated in the paper

@@ -1,11 +1,11 @@
-"""The BiMix paper's scaled-up model (16 x 2048, 32 heads, ~0.8B non-embedding parameters), for GPU/TPU.
+r"""The BiMix paper's scaled-up model (16 x 2048, 32 heads, ~0.8B non-embedding parameters), for GPU/TPU.
 
 Trained on an optimised mixture with the proxy's recipe (configs/proxy.py): seq 1024, global batch 512,
 AdamW b2 0.99, lr 1e-3 decayed exponentially by 10x, bf16. The paper does not state the MLP width;
 4 x D is used here.
 
-    python -m experiments.train --config=configs/target.py --workdir=workdirs/target \
-        --config.data.path='/data/pile/train/*.jsonl.zst' --config.mixture=mixture.json
+    python -m experiments.train --config=configs/target.py --config.data.path=/data/pile_store \
+        --config.mixture=workdirs/pipeline/mixture.json --workdir=workdirs/target
     python -m experiments.train --config=configs/target.py:runlocal --workdir=/tmp/target   # CPU smoke test
 
 Everything but the model is the proxy's (configs/proxy.py). Launching on 8 GPUs or a TPU pod: docs/real_scale.md.

@@ -45,7 +45,7 @@ class ModelSpec:
     F: int = 256
     dtype: str = "float32"
     remat: bool = False  # recompute block activations in the backward pass
-    attention: str = "auto"  # auto | einsum | dot_product (see bimix_jax.model)
+    attention: str = "auto"  # auto | einsum | xla | cudnn (see bimix_jax.model)
 
     def decoder(self, vocab_size: int, max_len: int) -> DecoderConfig:
         return DecoderConfig(D=self.D, H=self.H, L=self.L, F=self.F, V=vocab_size, max_len=max_len,
