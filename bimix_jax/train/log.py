@@ -115,6 +115,7 @@ class RunLog:
                   **{f"share_{d}": s for d, s in shares(np.asarray(m["rows_D"]), self.domains).items()}}
         if self.usage_fn is not None:
             usage = self.usage_fn(count, np.asarray(m["rows_D"]))
+            record.update({f"windows_{d}": u["windows_drawn"] for d, u in usage.items()})
             record.update({f"epochs_{d}": u["epochs"] for d, u in usage.items()})
             record.update({f"repetitions_{d}": u["repetitions"] for d, u in usage.items()})
         self._wait_s = 0.0
