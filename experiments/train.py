@@ -1,10 +1,13 @@
-"""Trains one run on one mixture and writes its loss table; rerunning the command resumes it.
+r"""Trains one run (a fixed mixture, or an online method's schedule) and writes its loss table; rerun to resume.
 
     python -m experiments.train --config=configs/tiny.py --workdir=workdirs/tiny
-    python -m experiments.train --config=configs/tiny.py --config.mixture=code=0.5,prose=0.5 --workdir=...
+    python -m experiments.train --config=configs/tiny.py --config.mixture=code=0.5,prose=0.5 --workdir=workdirs/mix
+    python -m experiments.train --config=configs/proxy.py --config.data.path=/data/store --workdir=workdirs/proxy
 
-Writes `<workdir>/losses.csv` (the loss table), `metrics.jsonl`, `config.json`, `checkpoints/` and the
-prepared data under `data/`. Bad input is one line on stderr and exit code 2, with nothing written.
+Writes `<workdir>/losses.csv` (the loss table), `metrics.jsonl`, `config.json`, `checkpoints/` and, for an
+in-memory corpus, the prepared data under `data/` (a token store, `data.source=store`, is read in place). On every
+host of a pod run the same command with BIMIX_JAX_DISTRIBUTED=1. Bad input is one line on stderr and exit code 2,
+with nothing written.
 """
 
 from __future__ import annotations
