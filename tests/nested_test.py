@@ -157,3 +157,14 @@ def test_split_syntax():
     with pytest.raises(InputError, match="SIZES<=MAX_STEP"):
         nested_backtest.Split.parse("70M->410M")
     assert dataclasses.replace(nested.NestedOptions(), law="kernel").law == "kernel"
+
+
+def test_one_observed_target_run_is_scored_without_r2():
+    table, _, _ = _synthetic_table()
+    res = nested.predict_nested(table, small_sizes=["S", "M"], target_size="L", target_step=4000.0, sizes=SIZES,
+                                options=nested.NestedOptions(law="loglinear"))
+    one = nested.observed_at(table, "L", 4000.0)
+    one = one.subset(one.run == one.runs[0])
+    score = nested.score_against(res["fitted"], one)
+    assert score["mean"]["r2_log"] is None and score["aggregate"]["runs"] == 1
+    assert score["worst_point"]["re_pct"] == pytest.approx(100 * np.max(np.abs(score["predicted"] / one.loss - 1)))
