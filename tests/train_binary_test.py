@@ -38,7 +38,8 @@ def _leaves(workdir, step):
 
 
 def _metrics(workdir):
-    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in atomic.read_jsonl(workdir / "metrics.jsonl")]
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "data_wait_ms_per_step")}
+            for r in atomic.read_jsonl(workdir / "metrics.jsonl")]
 
 
 @pytest.mark.filterwarnings("ignore:Sharding info not provided")
