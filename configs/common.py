@@ -110,13 +110,18 @@ def train_config(*, steps: int, batch_size: int, seq_len: int, eval_every: int, 
 
 def online_config(*, feedback_tokens: int, round_steps: int = 100, sweeps: int = 2, probe_steps: int = 4,
                   one_hot_factor: float = 0.75, eta: float = 1.0, ema: float = -1.0, doremi_eta: float = 1.0,
-                  doremi_smoothing: float = 1e-3, doremi_update_every: int = 10) -> ml_collections.ConfigDict:
+                  doremi_smoothing: float = 1e-3, doremi_update_every: int = 10, bimix_round_steps: int = 50,
+                  bimix_explore_steps: int = 4, bimix_tilt: float = 0.5, bimix_min_step: int = 40,
+                  bimix_rate: float = 1.0, bimix_floor: float = 0.02) -> ml_collections.ConfigDict:
     """`config.online` (bimix_jax/online/spec.py): how the mixture evolves during a run."""
     o = ml_collections.ConfigDict()
     # 'static' trains `mixture` throughout; 'aioli' starts from uniform and learns the mixture online (Chen et al.);
-    # 'doremi' needs a reference run, which experiments/compare_methods.py trains first.
+    # 'online_bimix' fits BiMix's law to the run's own feedback and steers toward its optimum; 'doremi' needs a
+    # reference run, which experiments/compare_methods.py trains first.
     o.method = "static"
-    o.feedback_tokens = feedback_tokens  # training tokens per domain held out as the online methods' feedback set
+    # Tokens per domain of the online methods' feedback set: from the selection split when the corpus has one
+    # (data.select_fraction / min_select_docs), else carved off the end of each domain's training tokens.
+    o.feedback_tokens = feedback_tokens
     o.aioli = a = ml_collections.ConfigDict()
     a.round_steps = round_steps  # K, steps per round, probes included
     a.sweeps = sweeps  # R, LearnParams sweeps over the domains per round
@@ -126,8 +131,16 @@ def online_config(*, feedback_tokens: int, round_steps: int = 100, sweeps: int =
     a.ema = ema  # EMA gamma of A; < 0 = off
     a.diagonal = False  # keep only A's diagonal
     a.eg_start = "uniform"  # after a prior (restricted Aioli): EG restarts from 'uniform' (code) or from 'prior'
+    a.exploit = "learned"  # exploit segments on the 'learned' p, or on 'uniform' (the control: the cost of probing)
     o.doremi = d = ml_collections.ConfigDict()
-    d.eta = doremi_eta  # EG step size (paper: 1)
-    d.smoothing = doremi_smoothing  # weight of uniform mixed into the weights (paper: 1e-3)
-    d.update_every = doremi_update_every  # steps between weight updates (the feedback losses are measured then)
+    d.eta = doremi_eta  # EG step size per training step (official reweight_eta: 1)
+    d.smoothing = doremi_smoothing  # weight of uniform mixed in per step (paper: 1e-3; official reweight_eps: 1e-4)
+    d.update_every = doremi_update_every  # steps between measurements of the excess (one EG step replayed per step)
+    o.online_bimix = b = ml_collections.ConfigDict()
+    b.round_steps = bimix_round_steps  # K, steps between refits of the law, exploration included
+    b.explore_steps = bimix_explore_steps  # steps of each exploration segment (one per domain per round)
+    b.tilt = bimix_tilt  # exploration segment j trains (1 - tilt) p + tilt on domain j
+    b.min_step = bimix_min_step  # feedback before this step is not fitted (warmup)
+    b.rate = bimix_rate  # p moves this fraction of the way to the law's optimum after each refit
+    b.floor = bimix_floor  # lowest proportion of any domain in the law's optimum
     return o

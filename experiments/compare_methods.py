@@ -31,8 +31,10 @@ def main(argv: Sequence[str]) -> None:
     workdir = checks.output_dir("--workdir", _WORKDIR.value)
     rep = compare.compare_methods(_CONFIG.value, workdir)
     best = rep["ranking"][0]
+    n = sum(e["role"] == "method" for e in rep["methods"].values())
     print(f"best: {best} (average loss {rep['methods'][best]['average_loss']['mean']:.4f}); "
-          f"{len(rep['beat_uniform'])} of {len(rep['methods']) - 1} methods beat uniform; "
+          f"{len(rep['beat_uniform'])} of {n} methods beat uniform after Holm correction "
+          f"({', '.join(rep['beat_uniform']) or 'none'}); this invocation took {rep['wall_s_this_invocation']:.0f} s; "
           f"report: {workdir}/report.md")
 
 

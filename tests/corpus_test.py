@@ -182,3 +182,36 @@ x = 1; y = """not a docstring"""
     prose = "\n".join(embedded.embedded_documents("prose", seed=0, chars=600_000))  # Past pydoc topics.
     doc_lines = {ln.strip() for ln in prose.splitlines() if len(ln.strip()) > 60}
     assert not [ln for ln in code.splitlines() if ln.strip() in doc_lines and not ln.strip().startswith("#")]
+
+
+def test_selection_split_is_carved_from_training_and_leaves_validation_alone():
+    from bimix_jax.data.corpus import split_codes
+
+    docs = [f"document {i}" for i in range(200)]
+    two = split_mask(docs, seed=0, val_fraction=0.1, min_val_docs=4, domain="x")
+    codes = split_codes(docs, seed=0, val_fraction=0.1, min_val_docs=4, select_fraction=0.15, min_select_docs=5,
+                        domain="x")
+    assert np.array_equal(codes == 2, two)  # the validation documents are those of the two-way split
+    assert 20 <= np.sum(codes == 1) <= 50 and np.sum(codes == 0) > 100
+    assert np.array_equal(codes, split_codes(docs[::-1], seed=0, val_fraction=0.1, min_val_docs=4,
+                                             select_fraction=0.15, min_select_docs=5, domain="x")[::-1])
+    none = split_codes(docs, seed=0, val_fraction=0.1, min_val_docs=4, select_fraction=0.0, min_select_docs=0,
+                       domain="x")
+    assert np.array_equal(none == 2, two) and not np.any(none == 1)
+    few = split_codes(docs[:8], seed=0, val_fraction=0.01, min_val_docs=2, select_fraction=0.0, min_select_docs=30,
+                      domain="x")
+    assert np.sum(few == 2) == 2 and np.sum(few == 1) == 5 and np.sum(few == 0) == 1  # one stays for training
+    with pytest.raises(InputError, match="too few for train, selection and validation"):
+        split_codes(docs[:2], seed=0, val_fraction=0.5, min_val_docs=1, select_fraction=0.1, min_select_docs=0,
+                    domain="x")
+
+
+def test_corpus_with_selection_split():
+    c = load_corpus(DataSpec(select_fraction=0.1, min_select_docs=3, **SMALL))
+    plain = load_corpus(DataSpec(**SMALL))
+    assert c.splits == ("train", "select", "val") and plain.splits == ("train", "val") and plain.select == {}
+    for d in c.domains:
+        assert c.val[d] == plain.val[d] and len(c.select[d]) >= 3
+        assert sorted(c.train[d] + c.select[d]) == sorted(plain.train[d])
+    from bimix_jax.data.corpus import Corpus
+    assert Corpus.from_dict(c.to_dict()).select == c.select and "select" not in plain.to_dict()

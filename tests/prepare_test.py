@@ -132,3 +132,29 @@ def test_describe_table(prepared):
     for d in p.tokens.domains:
         s = p.stats[d]
         assert f"| {d} | {d} | {s['train_docs']:,} + {s['val_docs']:,} |" in table
+
+
+def test_selection_split_tokens_and_unchanged_two_way_data(prepared, tmp_path):
+    import dataclasses
+    import json
+
+    wd, p = prepared
+    q = prepare_data(DataSpec(select_fraction=0.1, min_select_docs=3, **SMALL), str(tmp_path / "sel"))
+    assert q.tokens.has_select and not p.tokens.has_select
+    assert q.tokens.fingerprint() != p.tokens.fingerprint()
+    for d in p.tokens.domains:
+        assert q.corpus.val[d] == p.corpus.val[d]  # (the tokenizer, trained on the training split, differs)
+        assert q.stats[d]["select_docs"] == len(_split_docs(q.tokens.select[d], q.tokens.eos_id)) >= 1
+        assert q.stats[d]["train_docs"] + q.stats[d]["select_docs"] == p.stats[d]["train_docs"]
+    assert "documents (train + select + val)" in describe(q.stats)
+    again = DomainTokens.load(os.path.join(str(tmp_path / "sel"), "data", "tokens.npz"))
+    assert again.fingerprint() == q.tokens.fingerprint()
+    # A two-way corpus keeps its fingerprint and file: the tokens object without a selection split is unchanged.
+    assert dataclasses.replace(p.tokens, select={}).fingerprint() == p.tokens.fingerprint()
+    # A cache written before the selection fields existed still loads.
+    spec_path = os.path.join(wd, "data", "spec.json")
+    old = {k: v for k, v in json.load(open(spec_path)).items() if k not in ("select_fraction", "min_select_docs")}
+    with open(spec_path, "w") as f:
+        json.dump(old, f)
+    assert prepare_data(DataSpec(**SMALL), wd).from_cache and load_prepared(wd).tokens.fingerprint() == \
+        p.tokens.fingerprint()

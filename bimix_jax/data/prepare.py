@@ -3,11 +3,12 @@
 `<workdir>/data/` holds, each written atomically:
   tokenizer.model   the SentencePiece model (trained on the corpus, or a copy of `data.tokenizer_path`)
   corpus.json.gz    the documents per domain and split (what the tokens were made from)
-  tokens.npz        `DomainTokens` (train/val buffers per domain)
+  tokens.npz        `DomainTokens` (train/val buffers per domain, and select with a selection split)
   stats.json        per-domain counts, vocabulary, fingerprints of tokens and tokenizer
   spec.json         the `DataSpec`; written last, so its presence marks a complete cache
 A rerun with the same spec loads these files instead of rebuilding. A workdir whose `spec.json` differs
-is refused with an `InputError`; nothing is written when the input is bad. With `data.tokenizer_path`
+is refused with an `InputError`; nothing is written when the input is bad. A cache written before a field was
+added to `DataSpec` reads as that field's default, so older workdirs stay loadable. With `data.tokenizer_path`
 the given model is used (and copied) as it is: `data.vocab_size` and `data.tokenizer_sample_chars`
 only matter when a tokenizer is trained.
 """
@@ -44,7 +45,7 @@ class PreparedData:
     tokens: DomainTokens
     corpus: Corpus
     tokenizer_path: str
-    # domain -> source_name, train_docs, val_docs, train_chars, val_chars, train_tokens, val_tokens
+    # domain -> source_name, {train,val}_{docs,chars,tokens} (and select_* with a selection split)
     # (token counts are buffer lengths: documents plus one eos each).
     stats: Mapping[str, Mapping[str, Any]]
     from_cache: bool = False
@@ -85,12 +86,13 @@ def data_dir(workdir: str) -> str:
 
 def _domain_stats(corpus: Corpus, tokens: DomainTokens) -> dict[str, dict[str, Any]]:
     out = {}
-    docs = {s: corpus.num_docs(s) for s in ("train", "val")}
-    chars = {s: corpus.num_chars(s) for s in ("train", "val")}
-    toks = {s: tokens.token_counts(s) for s in ("train", "val")}
+    splits = corpus.splits
+    docs = {s: corpus.num_docs(s) for s in splits}
+    chars = {s: corpus.num_chars(s) for s in splits}
+    toks = {s: tokens.token_counts(s) for s in splits}
     for d in corpus.domains:
         out[d] = {"source_name": corpus.raw_names[d]}
-        for s in ("train", "val"):
+        for s in splits:
             out[d].update({f"{s}_docs": docs[s][d], f"{s}_chars": chars[s][d], f"{s}_tokens": toks[s][d]})
     return out
 
@@ -107,7 +109,7 @@ def _read_cache(spec: DataSpec, ddir: str) -> PreparedData | None:
     spec_path = os.path.join(ddir, "spec.json")
     if not os.path.exists(spec_path):
         return None
-    cached = atomic.read_json(spec_path, what="cached data spec")
+    cached = _with_defaults(atomic.read_json(spec_path, what="cached data spec"))
     if cached != spec.to_dict():
         raise InputError(
             f"{ddir} holds data prepared from another data spec ({_spec_difference(cached, spec.to_dict())}); "
@@ -116,6 +118,13 @@ def _read_cache(spec: DataSpec, ddir: str) -> PreparedData | None:
     if not all(os.path.exists(os.path.join(ddir, f)) for f in _FILES):
         return None  # Files were removed by hand: rebuild them for the same spec.
     return _load_files(spec, ddir)
+
+
+def _with_defaults(cached: Any) -> Any:
+    """A cached spec with the fields added to `DataSpec` since it was written filled in with their defaults."""
+    if not isinstance(cached, dict):
+        return cached
+    return {**{k: v for k, v in DataSpec().to_dict().items() if k not in cached}, **cached}
 
 
 def _load_files(spec: DataSpec, ddir: str) -> PreparedData:
@@ -163,8 +172,10 @@ def prepare_data(spec: DataSpec, workdir: str, *, num_threads: int = -1, wait_s:
     eos = tokenizer.eos_id
     train = {d: tokenizer.encode_documents(corpus.train[d], num_threads) for d in corpus.domains}
     val = {d: tokenizer.encode_documents(corpus.val[d], num_threads) for d in corpus.domains}
+    select = {d: tokenizer.encode_documents(corpus.select[d], num_threads) for d in corpus.domains} \
+        if corpus.select else {}
     tokens = DomainTokens(domains=corpus.domains, train=train, val=val, vocab_size=tokenizer.vocab_size,
-                          eos_id=eos)
+                          eos_id=eos, select=select)
     stats = _domain_stats(corpus, tokens)
 
     # Input is good: write. spec.json goes first out and last in, so an interrupted write is rebuilt.
@@ -212,24 +223,26 @@ def load_prepared(workdir: str) -> PreparedData:
     spec_path = os.path.join(ddir, "spec.json")
     if not os.path.exists(spec_path):
         raise InputError(f"{workdir} holds no prepared data ({spec_path} is absent); run prepare_data first")
-    spec = DataSpec.from_config(atomic.read_json(spec_path, what="cached data spec"))
+    spec = DataSpec.from_config(_with_defaults(atomic.read_json(spec_path, what="cached data spec")))
     return _load_files(spec, ddir)
 
 
 def describe(stats: Mapping[str, Mapping[str, Any]]) -> str:
-    """A Markdown table: domain, source name, documents, characters and tokens (train + val), chars/token."""
-    rows = ["| domain | source name | documents (train + val) | characters (train + val) | tokens (train + val) "
-            "| chars/token |", "|---|---|---:|---:|---:|---:|"]
-    total = {"docs": [0, 0], "chars": [0, 0], "tokens": [0, 0]}
+    """A Markdown table: domain, source name, documents, characters and tokens per split, chars/token."""
+    splits = ("train", "select", "val") if any("select_docs" in s for s in stats.values()) else ("train", "val")
+    names = " + ".join(splits)
+    rows = [f"| domain | source name | documents ({names}) | characters ({names}) | tokens ({names}) | chars/token |",
+            "|---|---|---:|---:|---:|---:|"]
+    total = {k: [0] * len(splits) for k in ("docs", "chars", "tokens")}
     for d, s in stats.items():
         cells = []
         for k in ("docs", "chars", "tokens"):
-            tr, va = int(s[f"train_{k}"]), int(s[f"val_{k}"])
-            total[k][0] += tr
-            total[k][1] += va
-            cells.append(f"{tr:,} + {va:,}")
-        ratio = (s["train_chars"] + s["val_chars"]) / max(1, s["train_tokens"] + s["val_tokens"])
+            vals = [int(s[f"{sp}_{k}"]) for sp in splits]
+            total[k] = [a + b for a, b in zip(total[k], vals)]
+            cells.append(" + ".join(f"{v:,}" for v in vals))
+        ratio = sum(s[f"{sp}_chars"] for sp in splits) / max(1, sum(s[f"{sp}_tokens"] for sp in splits))
         rows.append(f"| {d} | {s.get('source_name', d)} | " + " | ".join(cells) + f" | {ratio:.2f} |")
     ratio = sum(total["chars"]) / max(1, sum(total["tokens"]))
-    rows.append("| **total** | | " + " | ".join(f"{a:,} + {b:,}" for a, b in total.values()) + f" | {ratio:.2f} |")
+    rows.append("| **total** | | " + " | ".join(" + ".join(f"{v:,}" for v in vals) for vals in total.values())
+                + f" | {ratio:.2f} |")
     return "\n".join(rows)

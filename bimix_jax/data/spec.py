@@ -44,6 +44,11 @@ class DataSpec:
     val_fraction: float = 0.05
     # Validation documents per domain are at least this many (and at least one training document remains).
     min_val_docs: int = 4
+    # Fraction of each domain's documents held out as the selection split: what a method may look at (law fits,
+    # online feedback, tuning), never reported; 0 with min_select_docs 0 = no selection split (train + validation).
+    select_fraction: float = 0.0
+    # Selection documents per domain are at least this many (taken from the training side of the split).
+    min_select_docs: int = 0
     # Seed of the embedded corpus generation and of the train/validation split.
     seed: int = 0
     # SentencePiece vocabulary size when training a tokenizer.
@@ -62,11 +67,20 @@ class DataSpec:
             raise InputError("data.source=tfds needs data.tfds_name; set --config.data.tfds_name=...")
         if not 0.0 < self.val_fraction < 1.0:
             raise InputError(f"data.val_fraction={self.val_fraction} must lie in (0, 1)")
+        if not 0.0 <= self.select_fraction < 1.0 - self.val_fraction:
+            raise InputError(f"data.select_fraction={self.select_fraction} must lie in [0, 1 - data.val_fraction): "
+                             "some documents must stay for training")
         if self.vocab_size < 64:
             raise InputError(f"data.vocab_size={self.vocab_size} is too small; use at least 64")
-        for name in ("max_docs_per_domain", "embedded_chars_per_domain", "min_val_docs", "tokenizer_sample_chars"):
+        for name in ("max_docs_per_domain", "embedded_chars_per_domain", "min_val_docs", "min_select_docs",
+                     "tokenizer_sample_chars"):
             if getattr(self, name) < 0:
                 raise InputError(f"data.{name}={getattr(self, name)} must be >= 0")
+
+    @property
+    def has_select(self) -> bool:
+        """Whether the corpus gets a selection split."""
+        return self.select_fraction > 0 or self.min_select_docs > 0
 
     @property
     def domain_list(self) -> tuple[str, ...]:

@@ -16,7 +16,10 @@ The dynamic law: one round on mixture p lowers domain i's loss by `sum_j A_ij p_
 5. The rest of the round, `K - R m S` steps, trains on p. Probe steps are real optimizer steps and count
    against the budget; the model is never rolled back.
 
-Restricted Aioli trains `prior_steps` steps on a prior mixture first. Where the reference code and the
+Restricted Aioli trains `prior_steps` steps on a prior mixture first. Two controls explain a result:
+Aioli-static is one round (`round_steps` = the whole run: one LearnParams, then p to the end), and
+`exploit='uniform'` runs the same probes but pins every exploit segment to uniform (A and p are still
+estimated and recorded), so its gap to uniform is the cost of probing alone. Where the reference code and the
 paper differ: the code restarts the EG state from uniform after the prior (`eg_start='uniform'`, default),
 the paper starts from the prior (`eg_start='prior'`). A final stretch too short for a round's probes
 (at most `R m S` steps left) trains on p without probing.
@@ -43,6 +46,7 @@ class AioliConfig:
     prior: tuple[float, ...] | None = None  # restricted Aioli: the prior mixture
     prior_steps: int = 0  # steps trained on the prior first
     eg_start: str = "uniform"  # after the prior: 'uniform' (reference code) or 'prior' (paper)
+    exploit: str = "learned"  # exploit segments train on 'learned' p, or on 'uniform' (the probe-cost control)
 
     def check(self, num_domains: int) -> None:
         m = num_domains
@@ -61,6 +65,8 @@ class AioliConfig:
             raise ValueError("aioli.ema must lie in [0, 1) or be None")
         if self.eg_start not in ("uniform", "prior"):
             raise ValueError("aioli.eg_start must be 'uniform' or 'prior'")
+        if self.exploit not in ("learned", "uniform"):
+            raise ValueError("aioli.exploit must be 'learned' or 'uniform'")
         if self.prior_steps and self.prior is None:
             raise ValueError("aioli.prior_steps > 0 needs aioli.prior")
 
@@ -126,9 +132,12 @@ class Aioli:
             q = probe_mixtures(m, c.one_hot_factor)[j]
             return Segment(tuple(q.tolist()), c.probe_steps, "probe", True,
                            f"round {state['round']} probe {state['probe_index'] + 1} (domain {j})")
-        # Exploit: the rest of the round (or of the run) on p.
+        # Exploit: the rest of the round (or of the run) on p (on uniform for the probe-cost control).
         n = min(state["round_start"] + c.round_steps - step, left)
-        return Segment(tuple(state["p"]), n, "train", n < left, f"round {state['round']}")
+        return Segment(self._exploit_mixture(state), n, "train", n < left, f"round {state['round']}")
+
+    def _exploit_mixture(self, state: State) -> tuple[float, ...]:
+        return tuple(state["p"]) if self.config.exploit == "learned" else (1.0 / state["m"],) * state["m"]
 
     # -- feedback -------------------------------------------------------------------------------------
     def observe(self, state: State, losses_D: np.ndarray) -> State:
@@ -186,5 +195,5 @@ class Aioli:
         return s
 
     def summary(self, state: State) -> dict:
-        return {"method": self.name, "final_proportions": state["p"], "rounds": state["history"],
-                "config": dataclasses.asdict(self.config)}
+        return {"method": self.name, "final_proportions": list(self._exploit_mixture(state)), "learned_p": state["p"],
+                "rounds": state["history"], "config": dataclasses.asdict(self.config)}

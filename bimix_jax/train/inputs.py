@@ -3,7 +3,8 @@ feedback set come from. `data.source` chooses; the loop does not know which.
 
 * `MemoryInput` (a `DomainTokens` corpus that fits on the device): the token buffers are placed on every device
   once and the jitted step samples its batch from them (`bimix_jax.data.sampler`): a pure function of
-  (seed, step, proportions). The feedback set is carved off the end of each domain's training buffer.
+  (seed, step, proportions). The feedback set is the corpus's selection split when it has one (the training
+  buffers stay whole), else it is carved off the end of each domain's training buffer (`split_feedback`).
 * `StoreInput` (a token store, any size; `bimix_jax.data.source.StoreData`): batches come from
   `bimix_jax.data.input.MixtureInput`, block-deterministic, a pure function of (seed, step, process index,
   schedule). Each process reads only its slice of the global batch, read ahead by grain threads, and the slices

@@ -1,10 +1,11 @@
 """Executing a mixing method's schedule inside a run: the feedback set, the trajectory file and the
 method's checkpointed state.
 
-* Feedback set: `split_feedback` carves the last `feedback_tokens` training tokens of every domain off
-  its training buffer (the sampler never draws them) and evaluates on them. Methods never see the
-  validation split that the loss table reports, so an online method cannot tune itself on the numbers it is
-  judged by. A comparison carves the same slice off for every run, static ones too.
+* Feedback set: `split_feedback` takes the first `feedback_tokens` tokens of every domain's selection split
+  when the corpus has one; otherwise it carves the last `feedback_tokens` training tokens of every domain off
+  its training buffer (the sampler never draws them). Methods never see the validation split that the loss
+  table reports, so an online method cannot tune itself on the numbers it is judged by. A method that
+  defines `feedback(params)` measures its own feedback (DoReMi's per-token excess over a reference model).
 * `trajectory.jsonl`: one record per segment (step range, kind, label, requested proportions, realised rows
   per domain, the feedback losses after it), plus an `initial` record with the losses before step 1.
 * `method.json`: the method's summary at the end of the run (final proportions, Aioli's A per round,
@@ -32,11 +33,19 @@ METHOD_FILE = "method.json"
 
 
 def split_feedback(tokens: DomainTokens, feedback_tokens: int, seq_len: int) -> tuple[DomainTokens, DomainTokens]:
-    """(training tokens without the feedback slice, feedback tokens as the `val` split of a second corpus)."""
+    """(training tokens without the feedback slice, feedback tokens as the `val` split of a second corpus).
+    With a selection split the training tokens stay whole and the feedback set is the selection split."""
     if feedback_tokens < 0:
         raise InputError(f"online.feedback_tokens={feedback_tokens} must be >= 0")
     if feedback_tokens == 0:
         return tokens, tokens
+    if tokens.has_select:
+        for d in tokens.domains:
+            if tokens.select[d].size < feedback_tokens + 1:
+                raise InputError(f"domain {d!r} has {tokens.select[d].size} selection tokens, fewer than "
+                                 f"online.feedback_tokens + 1 = {feedback_tokens + 1}; lower online.feedback_tokens or "
+                                 "raise data.select_fraction / data.min_select_docs")
+        return tokens, dataclasses.replace(tokens, val=tokens.select)
     train, feedback = {}, {}
     for d in tokens.domains:
         buf = tokens.train[d]
@@ -79,7 +88,7 @@ class ScheduleRunner:
             return
         if self.writer:
             atomic.truncate_jsonl(self.trajectory_path, lambda r: False)
-        losses = self.feedback_fn(state.params)
+        losses = self._feedback(state.params)
         self.mstate = self.method.observe(self.mstate, losses)
         self._record({"start": 0, "end": 0, "kind": "initial", "feedback_losses": losses.tolist()})
 
@@ -141,11 +150,16 @@ class ScheduleRunner:
         if not self.record:
             return
         rows = (np.asarray(_rows(state)) - np.asarray(self.rows_start)).tolist()
-        losses = self.feedback_fn(state.params) if seg.feedback else None
+        losses = self._feedback(state.params) if seg.feedback else None
         self.mstate = self.method.observe(self.mstate, losses) if seg.feedback else self.method.skip(self.mstate)
         self._record({"start": self.segment_start, "end": step, "kind": seg.kind, "label": seg.label,
                       "requested": list(seg.proportions), "realized_rows": rows,
                       "feedback_losses": None if losses is None else losses.tolist()})
+
+    def _feedback(self, params: Any) -> np.ndarray:
+        """The method's own measurement when it defines `feedback(params)`, else the feedback set's losses."""
+        own = getattr(self.method, "feedback", None)
+        return np.asarray(own(params), np.float64) if own is not None else self.feedback_fn(params)
 
     def _record(self, record: dict) -> None:
         if self.writer:
