@@ -124,8 +124,8 @@ _KILL = textwrap.dedent("""
 
     if sys.argv[3] == "proxy":  # in run se, after its step-16 rows were written (its last checkpoint: step 12)
         evaluate = run_log.RunLog.eval
-        def eval_then_die(log, count, losses):
-            evaluate(log, count, losses)
+        def eval_then_die(log, count, losses, *shares):
+            evaluate(log, count, losses, *shares)
             if log.run_name == "se" and count == 16:
                 log.ckpt.wait()
                 die()
