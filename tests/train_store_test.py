@@ -123,6 +123,15 @@ def test_binaries_train_from_a_store(store_dir, tmp_path):
                           text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert all(os.path.exists(os.path.join(m, r, "losses.csv")) for r in ("mix0", "mix1"))
+    e = str(tmp_path / "e")
+    proc = subprocess.run([sys.executable, "-m", "experiments.entropy_mixture", *common[:3], f"--workdir={e}",
+                           "--proxy=vne", "--vne_max_docs=50"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rep = json.load(open(os.path.join(e, "entropy_mixture.json")))
+    assert rep["domains"] == ["code", "math", "prose"] and not os.path.exists(os.path.join(e, "data"))
+    store_train = _data(store_dir).token_counts("train")
+    assert {d: rep["entropy"][d]["tokens"] for d in rep["domains"]} == store_train  # the store's streams, whole
+    assert all(0 < rep["entropy"][d]["vne_docs_used"] <= 50 for d in rep["domains"])  # decoded documents
     bad = subprocess.run([sys.executable, "-m", "experiments.train", *common, f"--workdir={tmp_path / 'bad'}",
                           "--config.online.method=aioli", "--config.online.feedback_tokens=100000"], cwd=REPO,
                          env=env, capture_output=True, text=True)
