@@ -12,6 +12,7 @@ from bimix_jax.data.spec import DataSpec
 from bimix_jax.errors import InputError
 from bimix_jax.pipeline import compare, compare_data, compare_stats
 from bimix_jax.pipeline.compare_spec import CONTROLS
+from bimix_jax.train import evaluate
 from configs import compare_tiny
 
 
@@ -132,25 +133,35 @@ def test_changing_the_reported_split_changes_no_choice(compared, tmp_path):
 
 
 def test_spread_windows_cover_the_split_without_overlap():
-    wins = compare_data.spread_windows(1000, 100, 32, what="x")
+    wins = evaluate.spread_windows(1000, 100, 32, what="x")
     assert [n for _, n in wins] == [32, 32, 32, 4] and wins[0][0] == 0 and wins[-1][0] + 5 == 1000
     assert all(a + n + 1 <= b for (a, n), (b, _) in zip(wins, wins[1:]))
     with pytest.raises(InputError, match="separate windows"):
-        compare_data.spread_windows(100, 100, 32, what="x")
+        evaluate.spread_windows(100, 100, 32, what="x")
     buf = np.array([5, 6, 0, 7, 0, 8, 9, 9, 0], np.int32)  # three documents (eos 0)
     assert compare_data.coverage(buf, 0, [(0, 2)]) == 1 and compare_data.coverage(buf, 0, [(0, 8)]) == 3
 
 
-def test_spread_eval_set_packs_windows_as_the_trainer_does():
-    from bimix_jax.train.evaluate import build_eval_set
+def test_evaluation_sets_first_and_spread():
     from tests.train_test import synthetic_tokens
 
     tok = synthetic_tokens()
-    want = build_eval_set(tok, seq_len=16, eval_tokens=100, batch_size=4)  # consecutive windows from the start
-    got = compare_data._eval_set([[tok.val[d][:101][k:k + 17] for k in range(0, 100, 16)] for d in tok.domains],
-                                 16, 4)  # the same windows, packed by the comparison's builder
-    for a, b in zip(want, got):
-        np.testing.assert_array_equal(a, b)
+    first = evaluate.build_eval_set(tok, seq_len=16, eval_tokens=100, batch_size=4)
+    # 7 consecutive windows per domain sharing one token (6 x 16 + 4 predictions), 21 rows padded to 6 x 4.
+    assert first.x_NxBxS.shape == (6, 4, 17) and first.tokens_D.tolist() == [100.0] * 3
+    x, w, dom = first.x_NxBxS.reshape(-1, 17), first.w_NxBxL.reshape(-1, 16), first.domain_NxB.reshape(-1)
+    for i, d in enumerate(tok.domains):
+        rows = np.flatnonzero((dom == i) & (w.sum(axis=1) > 0))
+        for k, r in enumerate(rows):
+            window = tok.val[d][16 * k:min(16 * k + 17, 101)]
+            np.testing.assert_array_equal(x[r, :window.size], window)
+            assert w[r].sum() == window.size - 1
+    spread = evaluate.split_eval_set(tok.domains, lambda d: tok.val[d].size, lambda d, o, n: tok.val[d][o:o + n],
+                                     tokens=100, seq_len=16, batch_size=4, spread=True)
+    assert spread.tokens_D.tolist() == [100.0] * 3
+    offsets = [o for o, _ in evaluate.spread_windows(tok.val["alpha"].size, 100, 16, what="x")]
+    assert offsets[-1] + 5 == tok.val["alpha"].size  # the last window ends at the split's end
+    np.testing.assert_array_equal(spread.x_NxBxS.reshape(-1, 17)[1], tok.val["alpha"][offsets[1]:offsets[1] + 17])
 
 
 def test_paired_t_test_matches_the_closed_form():

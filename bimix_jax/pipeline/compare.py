@@ -40,7 +40,7 @@ from bimix_jax.data.source import open_data
 from bimix_jax.data.spec import DataSpec
 from bimix_jax.errors import InputError
 from bimix_jax.laws import FittedLaw, fit_law
-from bimix_jax.mixture import constraints, proportions
+from bimix_jax.mixture import constraints
 from bimix_jax.online import aioli as aioli_lib
 from bimix_jax.online import bimix_online, doremi
 from bimix_jax.online.spec import OnlineSpec

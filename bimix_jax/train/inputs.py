@@ -18,10 +18,9 @@ static run); with it and the step, `usage` gives per-domain windows drawn, epoch
 from __future__ import annotations
 
 import abc
-import dataclasses
 import itertools
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -33,39 +32,44 @@ from bimix_jax.data.input import MixtureInput
 from bimix_jax.data.tokens import DomainTokens
 from bimix_jax.errors import InputError
 from bimix_jax.train import hosts
-from bimix_jax.train.evaluate import EvalSet, build_eval_set
+from bimix_jax.train.evaluate import EvalSet, split_eval_set
 from bimix_jax.train.segments import split_feedback
 from bimix_jax.train.state import TrainSpec
 
 Stages = Sequence[tuple[int, Sequence[float]]]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Buffers:
-    """What `build_eval_set` reads of a corpus: domains and one buffer per domain (as its `val`)."""
-
-    domains: tuple[str, ...]
-    val: Mapping[str, np.ndarray]
+SPLITS = ("val", "select")  # what a run's evaluation set may be drawn from
 
 
 class RunInput(abc.ABC):
-    """Batches, validation set and feedback set of one run."""
+    """Batches, validation set and feedback set of one run.
+
+    `eval_split`: the split the run is scored on, `val` (the reported validation split) or `select` (a
+    comparison's auxiliary runs, whose losses methods may look at); `spread_eval`: windows spread over the whole
+    split instead of its first tokens (`bimix_jax.train.evaluate.split_eval_set`). The feedback set is drawn the
+    same way from the feedback split.
+    """
 
     batch_input: bool  # False: the step samples from device buffers; True: the step gets host batches
+    feedback_split: str  # where the feedback set comes from
     domains: tuple[str, ...]
     vocab_size: int
 
-    @abc.abstractmethod
-    def fingerprint(self) -> str:
-        """Identifies the training data (a run's `config.json` compares it)."""
+    def __init__(self, *, feedback_tokens: int, eval_split: str, spread_eval: bool):
+        if eval_split not in SPLITS:
+            raise ValueError(f"eval_split {eval_split!r} is not one of {SPLITS}")
+        self.feedback_tokens, self.eval_split, self.spread_eval = feedback_tokens, eval_split, spread_eval
 
     @abc.abstractmethod
-    def eval_set(self, t: TrainSpec) -> EvalSet:
-        """The reported validation windows (the first `t.eval_tokens` of each domain's validation split)."""
+    def data_fingerprint(self) -> str:
+        """Identifies the training data."""
 
     @abc.abstractmethod
-    def feedback_set(self, t: TrainSpec) -> EvalSet | None:
-        """The online methods' feedback windows (None without feedback tokens)."""
+    def split_length(self, domain: str, split: str) -> int:
+        """Tokens of a domain's split (`val`, `select`, or the feedback split)."""
+
+    @abc.abstractmethod
+    def read(self, domain: str, split: str, start: int, n: int) -> np.ndarray:
+        """Tokens [start, start + n) of a domain's split."""
 
     @abc.abstractmethod
     def place(self, mesh: Mesh) -> None:
@@ -79,32 +83,64 @@ class RunInput(abc.ABC):
     def usage(self, step: int, rows_D: np.ndarray, stages: Stages, seed: int) -> dict[str, dict[str, float]]:
         """Per domain after `step` steps: windows drawn, windows per epoch, epochs, completed repetitions."""
 
+    def fingerprint(self) -> str:
+        """Identifies what the run trains and is scored on (a run's `config.json` compares it)."""
+        if self.eval_split == "val" and not self.spread_eval:
+            return self.data_fingerprint()
+        return f"{self.data_fingerprint()}:{'report' if self.eval_split == 'val' else self.eval_split}"
+
+    def device_arrays(self) -> list[Any]:
+        """Host arrays the input places whole on every device (for the memory estimate)."""
+        return []
+
     def data_wait_s(self) -> float:
         """Seconds the host waited for batches since the last call (0 when batches are sampled on device)."""
         return 0.0
 
+    def _set(self, split: str, tokens: int, t: TrainSpec, field: str, name: str) -> EvalSet:
+        return split_eval_set(self.domains, lambda d: self.split_length(d, split),
+                              lambda d, o, n: self.read(d, split, o, n), tokens=tokens, seq_len=t.seq_len,
+                              batch_size=t.eval_batch_size, spread=self.spread_eval, field=field, split=name)
+
+    def eval_set(self, t: TrainSpec) -> EvalSet:
+        """The windows the run is scored on (`eval_split`, `t.eval_tokens` per domain)."""
+        name = "validation" if self.eval_split == "val" else "selection"
+        return self._set(self.eval_split, t.eval_tokens, t, "train.eval_tokens", name)
+
+    def feedback_set(self, t: TrainSpec) -> EvalSet | None:
+        """The online methods' feedback windows (None without feedback tokens)."""
+        if not self.feedback_tokens:
+            return None
+        return self._set(self.feedback_split, self.feedback_tokens, t, "online.feedback_tokens", "feedback")
+
 
 class MemoryInput(RunInput):
     batch_input = False
+    feedback_split = "feedback"  # the selection split, or the training tail carved off when there is none
 
-    def __init__(self, tokens: DomainTokens, t: TrainSpec, *, feedback_tokens: int = 0):
+    def __init__(self, tokens: DomainTokens, t: TrainSpec, *, feedback_tokens: int = 0, eval_split: str = "val",
+                 spread_eval: bool = False):
+        super().__init__(feedback_tokens=feedback_tokens, eval_split=eval_split, spread_eval=spread_eval)
         self.tokens, self.feedback = split_feedback(tokens, feedback_tokens, t.seq_len)
-        self.feedback_tokens, self.seq_len = feedback_tokens, t.seq_len
+        self.seq_len = t.seq_len
         self.domains, self.vocab_size = self.tokens.domains, self.tokens.vocab_size
         self.buffers = sampler.train_buffers(self.tokens, t.seq_len)
         self.data = None
 
-    def fingerprint(self) -> str:
+    def data_fingerprint(self) -> str:
         return self.tokens.fingerprint()
 
-    def eval_set(self, t: TrainSpec) -> EvalSet:
-        return build_eval_set(self.tokens, seq_len=t.seq_len, eval_tokens=t.eval_tokens, batch_size=t.eval_batch_size)
+    def _buffer(self, domain: str, split: str) -> np.ndarray:
+        return self.feedback.val[domain] if split == "feedback" else self.tokens.split(split)[domain]
 
-    def feedback_set(self, t: TrainSpec) -> EvalSet | None:
-        if not self.feedback_tokens:
-            return None
-        return build_eval_set(self.feedback, seq_len=t.seq_len, eval_tokens=self.feedback_tokens,
-                              batch_size=t.eval_batch_size)
+    def split_length(self, domain: str, split: str) -> int:
+        return int(self._buffer(domain, split).size)
+
+    def read(self, domain: str, split: str, start: int, n: int) -> np.ndarray:
+        return self._buffer(domain, split)[start:start + n]
+
+    def device_arrays(self) -> list[Any]:
+        return [self.buffers]
 
     def place(self, mesh: Mesh) -> None:
         self.data = hosts.place(self.buffers, NamedSharding(mesh, P()))
@@ -125,9 +161,12 @@ class MemoryInput(RunInput):
 
 class StoreInput(RunInput):
     batch_input = True
+    feedback_split = "select"
 
-    def __init__(self, data, t: TrainSpec, *, feedback_tokens: int = 0, threads: int = 4, prefetch: int = 8):
-        self.data, self.t, self.feedback_tokens = data, t, feedback_tokens
+    def __init__(self, data, t: TrainSpec, *, feedback_tokens: int = 0, eval_split: str = "val",
+                 spread_eval: bool = False, threads: int = 4, prefetch: int = 8):
+        super().__init__(feedback_tokens=feedback_tokens, eval_split=eval_split, spread_eval=spread_eval)
+        self.data, self.t = data, t
         self.domains, self.vocab_size = tuple(data.domains), data.vocab_size
         self.sources = {d: data.store.split(d, "train") for d in self.domains}
         self.threads, self.prefetch = threads, prefetch
@@ -143,22 +182,14 @@ class StoreInput(RunInput):
                                  f"than online.feedback_tokens + 1 = {feedback_tokens + 1}; lower "
                                  "online.feedback_tokens or rebuild the store with a larger --select_fraction")
 
-    def fingerprint(self) -> str:
+    def data_fingerprint(self) -> str:
         return self.data.fingerprint()
 
-    def _split_set(self, split: str, tokens: int, t: TrainSpec) -> EvalSet:
-        bufs = {}
-        for d in self.domains:
-            sp = self.data.store.split(d, split)
-            bufs[d] = sp.read(0, min(tokens + 1, sp.num_tokens))
-        return build_eval_set(_Buffers(self.domains, bufs), seq_len=t.seq_len, eval_tokens=tokens,
-                              batch_size=t.eval_batch_size)
+    def split_length(self, domain: str, split: str) -> int:
+        return self.data.store.split(domain, split).num_tokens
 
-    def eval_set(self, t: TrainSpec) -> EvalSet:
-        return self._split_set("val", t.eval_tokens, t)
-
-    def feedback_set(self, t: TrainSpec) -> EvalSet | None:
-        return self._split_set("select", self.feedback_tokens, t) if self.feedback_tokens else None
+    def read(self, domain: str, split: str, start: int, n: int) -> np.ndarray:
+        return self.data.store.split(domain, split).read(start, n)
 
     def place(self, mesh: Mesh) -> None:
         self.rows = NamedSharding(mesh, P("data"))
@@ -192,12 +223,14 @@ class StoreInput(RunInput):
         return wait
 
 
-def make_input(data, t: TrainSpec, *, feedback_tokens: int = 0) -> RunInput:
+def make_input(data, t: TrainSpec, *, feedback_tokens: int = 0, eval_split: str = "val",
+               spread_eval: bool = False) -> RunInput:
     """The run input for a corpus: a `RunInput` as it is, a `DomainTokens` in memory, a store's `StoreData`."""
     if isinstance(data, RunInput):
         return data
+    kw = dict(feedback_tokens=feedback_tokens, eval_split=eval_split, spread_eval=spread_eval)
     if isinstance(data, DomainTokens):
-        return MemoryInput(data, t, feedback_tokens=feedback_tokens)
+        return MemoryInput(data, t, **kw)
     if hasattr(data, "store"):
-        return StoreInput(data, t, feedback_tokens=feedback_tokens)
+        return StoreInput(data, t, **kw)
     raise TypeError(f"cannot train on {type(data).__name__}; give DomainTokens or a token store's StoreData")

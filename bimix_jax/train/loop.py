@@ -41,7 +41,7 @@ from bimix_jax.data.source import open_data
 from bimix_jax.data.spec import DataSpec
 from bimix_jax.errors import InputError
 from bimix_jax.mixture import proportions
-from bimix_jax.train.evaluate import EvalSet, build_eval_set, make_eval_fn
+from bimix_jax.train.evaluate import EvalSet, make_eval_fn
 from bimix_jax.model import DecoderConfig, format_size
 from bimix_jax.train.log import CHECKPOINT_DIR, LOSSES_FILE, METRICS_FILE, RunLog, shares  # noqa: F401 - re-exported
 from bimix_jax.train.segments import METHOD_FILE, ScheduleRunner
@@ -214,9 +214,8 @@ def train_run(
     if method is None:
         proportions_D = proportions.check_array(proportions_D, D)
     eval_np, feedback_np = inp.eval_set(t), inp.feedback_set(t)
-    replicated = [] if inp.batch_input else [inp.buffers]
     memory.check_run(spec.model.decoder(inp.vocab_size, t.seq_len), t, mesh.devices.flat,  # GPU/TPU only
-                     data_bytes=memory.data_bytes_per_device(mesh.size, replicated=replicated,
+                     data_bytes=memory.data_bytes_per_device(mesh.size, replicated=inp.device_arrays(),
                                                              sharded=[eval_np, feedback_np]))
     record = run_record(spec, inp, None if method is not None else proportions_D, run_name, method)
     exists = check_workdir(workdir, record)

@@ -166,9 +166,8 @@ def train_runs(
     r_KxD = _check_mixtures(proportions_KxD, run_names, D)
     mesh = _mesh(devices, spec)
     eval_np = inp.eval_set(t)
-    replicated = [] if inp.batch_input else [inp.buffers]
     memory.check_run(spec.model.decoder(inp.vocab_size, t.seq_len), t, mesh.devices.flat, runs=K if vmap else 1,
-                     data_bytes=memory.data_bytes_per_device(mesh.size, replicated=replicated, sharded=[eval_np]))
+                     data_bytes=memory.data_bytes_per_device(mesh.size, replicated=inp.device_arrays(), sharded=[eval_np]))
     records = [run_record(s, inp, r, n) for s, r, n in zip(specs, r_KxD, run_names)]
     exists = [check_workdir(w, rec) for w, rec in zip(workdirs, records)]
     extra_configs = list(extra_configs) if extra_configs is not None else [{}] * K
