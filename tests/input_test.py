@@ -82,7 +82,7 @@ def test_bad_schedules_are_refused():
         MixtureInput(_sources(), seq_len=S, batch_size=4, schedule=[(1, [1, 0, 0])])
     with pytest.raises(InputError, match="multiple of 2 steps"):
         MixtureInput(_sources(), seq_len=S, batch_size=4, block_size=8, schedule=[(0, [1, 0, 0]), (3, [0, 1, 0])])
-    with pytest.raises(InputError, match="3 finite weights"):
+    with pytest.raises(InputError, match="must be 3 weights >= 0 summing to 1"):
         MixtureInput(_sources(), seq_len=S, batch_size=4, schedule=[(0, [1, 0])])
     with pytest.raises(InputError, match="fewer than seq_len"):
         MixtureInput({"a": ArraySource(np.zeros(5, np.int32))}, seq_len=S, batch_size=4, schedule=[(0, [1.0])])

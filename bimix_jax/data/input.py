@@ -27,6 +27,7 @@ import grain
 import numpy as np
 
 from bimix_jax.errors import InputError
+from bimix_jax.mixture import proportions
 
 __all__ = ["TokenSource", "ArraySource", "MixtureInput", "block_counts", "stage_rows"]
 
@@ -111,10 +112,7 @@ class MixtureInput:
                 raise InputError(f"mixture schedule: stage start {start} must increase and be a multiple of "
                                  f"{steps_per_block} steps (one block)")
             last = start
-            r = np.asarray(r, dtype=np.float64)
-            if r.shape != (D,) or not np.all(np.isfinite(r)) or np.any(r < 0) or r.sum() <= 0:
-                raise InputError(f"mixture schedule: proportions at step {start} must be {D} finite weights >= 0 "
-                                 "with a positive sum")
+            proportions.check_array(r, D, field=f"mixture schedule at step {start}")
 
     @property
     def domains(self) -> tuple[str, ...]:

@@ -79,12 +79,6 @@ class DomainTokens:
         bufs = self.split(split)
         return {d: int(bufs[d].size) for d in self.domains}
 
-    def natural_proportions(self) -> dict[str, float]:
-        """Each domain's share of the training tokens (the 'natural' mixture)."""
-        counts = self.token_counts("train")
-        total = sum(counts.values())
-        return {d: c / total for d, c in counts.items()}
-
     def fingerprint(self) -> str:
         """A short content hash: identifies the exact token data a run was trained on."""
         h = hashlib.sha256()

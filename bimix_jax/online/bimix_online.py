@@ -25,7 +25,8 @@ import dataclasses
 
 import numpy as np
 
-from bimix_jax.online.schedule import Segment, State, normalize
+from bimix_jax.mixture.proportions import renormalize as normalize
+from bimix_jax.online.schedule import Segment, State
 
 _ALPHA_D = np.linspace(0.0, 2.0, 41)
 _LOG_BETA_D = np.linspace(np.log(0.02), np.log(3.0), 41)

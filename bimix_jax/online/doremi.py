@@ -29,7 +29,8 @@ import dataclasses
 
 import numpy as np
 
-from bimix_jax.online.schedule import Segment, State, normalize
+from bimix_jax.mixture.proportions import renormalize as normalize
+from bimix_jax.online.schedule import Segment, State
 
 
 @dataclasses.dataclass(frozen=True)

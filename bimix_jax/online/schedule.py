@@ -79,8 +79,6 @@ def check_simplex(p_D: np.ndarray, what: str) -> np.ndarray:
     return np.asarray(p_D, np.float64)
 
 
-normalize = proportions.renormalize
-
 
 def realized_steps(segments: Sequence[Mapping]) -> dict[str, int]:
     """Steps per segment kind of a trajectory: records with `kind` and `steps`, or `start` and `end`."""
